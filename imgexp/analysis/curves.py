@@ -1,0 +1,25 @@
+"""Learning curves: train and val accuracy and loss per epoch."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+
+def learning_curves_figure(history: list[dict[str, float]]):
+    rows = [
+        {"epoch": epoch, "split": split, "metric": metric, "value": m[f"{split}/{metric}"]}
+        for epoch, m in enumerate(history, start=1)
+        for split in ("train", "val")
+        for metric in ("acc", "loss")
+    ]
+    df = pd.DataFrame(rows)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("acc", "loss")):
+        sns.lineplot(df[df.metric == metric], x="epoch", y="value", hue="split", marker="o", ax=ax)
+        ax.set(title=metric, ylabel=metric)
+    fig.tight_layout()
+    return fig

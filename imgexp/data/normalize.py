@@ -1,0 +1,25 @@
+"""Per-channel normalization of uint8 batches: none, rescale (1/255), standardize (train stats), imagenet."""
+from __future__ import annotations
+
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def channel_stats(name: str, train_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std (shape (1, C, 1, 1), in 0..255 pixel units) that ``(x - mean) / std`` uses."""
+    c = train_x.shape[1]
+    if name == "none":
+        mean, std = torch.zeros(c), torch.ones(c)
+    elif name == "rescale":
+        mean, std = torch.zeros(c), torch.full((c,), 255.0)
+    elif name == "standardize":
+        flat = train_x.transpose(0, 1).reshape(c, -1).double()
+        mean, std = flat.mean(1).float(), flat.std(1).float().clamp_min(1e-6)
+    elif name == "imagenet":
+        mean = torch.tensor(IMAGENET_MEAN[:c] if c == 3 else [sum(IMAGENET_MEAN) / 3] * c) * 255
+        std = torch.tensor(IMAGENET_STD[:c] if c == 3 else [sum(IMAGENET_STD) / 3] * c) * 255
+    else:
+        raise ValueError(f"unknown normalization {name!r}")
+    return mean.view(1, c, 1, 1), std.view(1, c, 1, 1)

@@ -1,0 +1,121 @@
+"""One training job: config -> build (data, model, loss, optimizer) -> fit -> tracking -> return the metric."""
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from imgexp import data as data_lib
+from imgexp import losses
+from imgexp.analysis import confusion_figure, learning_curves_figure
+from imgexp.config import ConfigError, validate
+from imgexp.models import create_model
+from imgexp.optim import build_optimizer, build_scheduler
+from imgexp.tracking import start_run
+from imgexp.train import fit
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device", f"{name!r} asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.benchmark = False
+
+
+def flat_params(cfg: DictConfig) -> dict[str, object]:
+    """The resolved config as ``{"optimizer.lr": 0.001, ...}`` for MLflow params (``_partial_`` left out)."""
+    out: dict[str, object] = {}
+
+    def walk(node: object, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        elif not prefix.endswith("._partial_."):
+            out[prefix[:-1]] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
+
+
+def summary_table(metrics: dict[str, float]) -> str:
+    width = max(map(len, metrics))
+    return "\n".join(f"  {k:<{width}}  {v:.4f}" for k, v in metrics.items())
+
+
+@dataclass
+class Job:
+    """Everything one training run is built from."""
+
+    data: data_lib.Data
+    model: torch.nn.Module
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Optional[object]
+
+
+def build(cfg: DictConfig) -> Job:
+    """Validate ``cfg``, seed, and build data, model, loss, optimizer and scheduler from it."""
+    validate(cfg)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    data = data_lib.build(cfg.data, cfg.normalization, cfg.batch, cfg.seed, device)
+    model = create_model(cfg.model, data.info).to(device)
+    optimizer = build_optimizer(cfg.optimizer, model.parameters())
+    return Job(data, model, losses.build(cfg.loss), optimizer, build_scheduler(cfg.scheduler, optimizer))
+
+
+def run(cfg: DictConfig, output_dir: str | Path, overrides: Sequence[str] = ()) -> float:
+    """Train one model as ``cfg`` says, log it, and return ``cfg.optimized_metric``."""
+    job = build(cfg)
+    data, model = job.data, job.model
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    info = data.info
+    log.info("%s on %s (%dx%dx%d, %d classes): %d trainable parameters, device %s", cfg.model.name, cfg.data.name,
+             info.channels, info.height, info.width, info.num_classes, n_params, next(model.parameters()).device)
+
+    checkpoint = Path(output_dir) / "checkpoints" / "best.pt"
+    tags = {"imgexp.overrides": " ".join(overrides), "imgexp.model": cfg.model.name, "imgexp.data": cfg.data.name}
+    run_name = cfg.tracking.run_name or f"{cfg.model.name}-{cfg.data.name}"
+    with start_run(cfg.tracking.enabled, cfg.tracking.uri, cfg.tracking.experiment, run_name,
+                   flat_params(cfg), tags) as tracker:
+        tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        tracker.log_metrics({"model/params": float(n_params)})
+        result = fit(model, data.train, data.val, data.test, job.loss_fn, job.optimizer, job.scheduler, cfg.epochs,
+                     checkpoint, on_epoch=tracker.log_epoch, topk=cfg.topk, progress=cfg.progress)
+        tracker.log_metrics({**result.test, "val/best_epoch": float(result.best_epoch)})
+        tracker.log_artifact(checkpoint, "checkpoints")
+        for figure, name in (
+            (learning_curves_figure(result.history), "plots/learning_curves.png"),
+            (confusion_figure(result.test_targets.numpy(), result.test_logits.argmax(1).numpy(),
+                              data.info.class_names), "plots/confusion_matrix.png"),
+        ):
+            tracker.log_figure(figure, name)
+            plt.close(figure)
+
+    final = {**result.history[-1], **result.test}
+    log.info("summary (best epoch %d of %d)%s\n%s", result.best_epoch, cfg.epochs,
+             f", MLflow run {tracker.run_id}" if tracker.run_id else "", summary_table(final))
+    if cfg.optimized_metric not in final:
+        raise ConfigError("optimized_metric", f"{cfg.optimized_metric!r} is not among {', '.join(final)}")
+    return final[cfg.optimized_metric]

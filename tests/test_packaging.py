@@ -1,0 +1,28 @@
+"""The wheel carries every package and the whole config tree, so a non-editable install runs anywhere."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_pyproject_lists_every_package():
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "imgexp").rglob("__init__.py")}
+    assert found | {"imgexp.conf"} == listed
+
+
+def test_wheel_contains_config_tree(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+        check=True, capture_output=True, timeout=300,
+    )
+    (wheel,) = tmp_path.glob("imgexp-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    yamls = {f"imgexp/conf/{p.relative_to(ROOT / 'conf').as_posix()}" for p in (ROOT / "conf").rglob("*.yaml")}
+    assert yamls and yamls <= names
+    assert "imgexp/__main__.py" in names

@@ -1,0 +1,107 @@
+"""End to end: the CLI trains, MLflow holds the metrics, plots, config and checkpoint; runs are repeatable."""
+from __future__ import annotations
+
+import tempfile
+
+import pytest
+import torch
+from mlflow import MlflowClient
+from omegaconf import OmegaConf
+from PIL import Image
+
+import imgexp.run
+from imgexp.data import DataInfo
+from imgexp.models import create_model
+from imgexp.run import run
+from imgexp.train.checkpoint import load
+
+from conftest import run_cli
+
+
+def runs_of(workdir, experiment="imgexp"):
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    return client, client.search_runs([exp.experiment_id], order_by=["start_time ASC"])
+
+
+def test_cli_run_logs_everything(workdir):
+    proc = run_cli("epochs=2", "tracking.experiment=e2e", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    client, runs = runs_of(workdir, "e2e")
+    assert len(runs) == 1
+    r = runs[0]
+    assert r.info.status == "FINISHED"
+    for key in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best"):
+        history = client.get_metric_history(r.info.run_id, key)
+        assert [m.step for m in sorted(history, key=lambda m: m.step)] == [1, 2], key
+    assert 0.5 < r.data.metrics["test/acc"] <= 1.0
+    assert r.data.metrics["test/top2"] >= r.data.metrics["test/acc"]
+    assert 0.0 < r.data.metrics["test/f1_macro"] <= 1.0
+    assert r.data.metrics["model/params"] == 691_786  # small_cnn with a 1-channel stem
+    assert r.data.params["epochs"] == "2" and r.data.params["optimizer.lr"] == "0.001"
+    assert r.data.params["model.name"] == "small_cnn" and r.data.params["data.name"] == "digits"
+    assert r.data.tags["imgexp.overrides"] == "epochs=2 tracking.experiment=e2e"
+
+    files = {a.path for d in ("", "plots", "checkpoints") for a in client.list_artifacts(r.info.run_id, d)}
+    assert {"config.yaml", "plots/learning_curves.png", "plots/confusion_matrix.png",
+            "checkpoints/best.pt"} <= files
+    local = client.download_artifacts(r.info.run_id, "", str(workdir / "dl"))
+    assert "epochs: 2" in open(f"{local}/config.yaml").read()
+    for png in ("learning_curves", "confusion_matrix"):
+        img = Image.open(f"{local}/plots/{png}.png").convert("L")
+        assert img.width >= 400 and img.height >= 300
+        lo, hi = img.getextrema()
+        assert hi - lo > 100, "the plot is not blank"
+    state = load(f"{local}/checkpoints/best.pt")
+    model = create_model(OmegaConf.create({"name": "small_cnn"}), DataInfo(1, 8, 8, 10, list("0123456789")))
+    model.load_state_dict(state)  # strict: the checkpoint is a full small_cnn state dict
+
+
+def test_grid_multirun_makes_one_run_per_job(workdir):
+    proc = run_cli("-m", "epochs=1,2", "batch=32,64", "tracking.experiment=grid", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    client, runs = runs_of(workdir, "grid")
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
+    combos = sorted((r.data.params["epochs"], r.data.params["batch"]) for r in runs)
+    assert combos == [("1", "32"), ("1", "64"), ("2", "32"), ("2", "64")]
+
+
+def history_of(compose_cfg, tmp_path, seed):
+    cfg = compose_cfg("tracking=none", "epochs=2", f"seed={seed}", "progress=false", "device=cpu")
+    captured = []
+    original = imgexp.run.fit
+
+    def spy(*args, **kwargs):
+        result = original(*args, **kwargs)
+        captured.append(result)
+        return result
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(imgexp.run, "fit", spy)
+        value = run(cfg, tempfile.mkdtemp(dir=tmp_path))
+    return value, captured[0]
+
+
+def test_same_seed_same_metrics(compose_cfg, tmp_path):
+    v1, r1 = history_of(compose_cfg, tmp_path, seed=3)
+    v2, r2 = history_of(compose_cfg, tmp_path, seed=3)
+    _, r3 = history_of(compose_cfg, tmp_path, seed=4)
+    assert v1 == v2 == r1.history[-1]["val/acc_best"]
+    assert r1.history == r2.history and r1.test == r2.test
+    assert torch.equal(r1.test_logits, r2.test_logits)
+    assert r3.history != r1.history, "a different seed trains differently"
+
+
+def test_crash_marks_run_failed_and_keeps_what_was_logged(compose_cfg, workdir, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("plotting broke")
+
+    monkeypatch.setattr(imgexp.run, "confusion_figure", broken)
+    cfg = compose_cfg("epochs=2", "progress=false", "tracking.experiment=crash")
+    with pytest.raises(RuntimeError, match="plotting broke"):
+        run(cfg, workdir / "out")
+    client, runs = runs_of(workdir, "crash")
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"
+    assert len(client.get_metric_history(runs[0].info.run_id, "val/acc")) == 2
+    assert "test/acc" in runs[0].data.metrics
+    assert {a.path for a in client.list_artifacts(runs[0].info.run_id, "checkpoints")} == {"checkpoints/best.pt"}
