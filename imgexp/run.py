@@ -79,9 +79,9 @@ def build(cfg: DictConfig) -> Job:
     validate(cfg)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
-    data = data_lib.build(cfg.data, cfg.normalization, cfg.batch, cfg.seed, device)
+    data = data_lib.build(cfg.data, cfg.augmentation, cfg.normalization, cfg.batch, cfg.seed, device)
     model = create_model(cfg.model, data.info).to(device)
-    optimizer = build_optimizer(cfg.optimizer, model.parameters())
+    optimizer = build_optimizer(cfg.optimizer, [p for p in model.parameters() if p.requires_grad])
     return Job(data, model, losses.build(cfg.loss), optimizer, build_scheduler(cfg.scheduler, optimizer))
 
 

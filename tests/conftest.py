@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
+from PIL import Image
 
 import imgexp.conf
 from imgexp.config import register
@@ -46,3 +47,27 @@ def run_cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedPr
     return subprocess.run(
         [sys.executable, "-m", "imgexp", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+CLASSES = ["ant", "bee", "cow"]
+
+
+def write_image(path: Path, label: int, size: int = 16, mode: str = "RGB") -> None:
+    """A flat image whose colour encodes the label, so labels can be read back from pixels."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, (size, size), (80 * label + 20,) * (1 if mode == "L" else 3)).save(path)
+
+
+def class_tree(root: Path, splits=("train", "test"), per_class=10, size=16) -> Path:
+    """root/<split>/<class>/<i>.png for CLASSES."""
+    for split in splits:
+        for label, name in enumerate(CLASSES):
+            for i in range(per_class):
+                write_image(root / split / name / f"{i}.png", label, size)
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_tree(tmp_path_factory) -> Path:
+    """A small generated image folder (train/ and test/, 3 classes) that every folder source can read."""
+    return class_tree(tmp_path_factory.mktemp("image_tree"))

@@ -6,7 +6,7 @@ import torch
 
 from imgexp.config import SCHEMAS
 from imgexp.run import build
-from imgexp.train.loop import step_scheduler
+from imgexp.train.loop import step_scheduler, training_loss
 
 from conftest import CONF, config_options
 
@@ -19,13 +19,16 @@ def test_every_group_has_options():
 
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
-def test_option_composes_and_builds(compose_cfg, group, option):
-    cfg = compose_cfg(f"{group}={option}", "device=cpu", "tracking=none")
+def test_option_composes_and_builds(compose_cfg, image_tree, tmp_path, group, option):
+    extra = {
+        "model": ["batch=8"],  # the big models stay quick on a CPU
+        "data": ["batch=8", f"data.root={image_tree}", f"data.cache_dir={tmp_path}", "data.num_workers=0"],
+    }.get(group, [])
+    cfg = compose_cfg(f"{group}={option}", "device=cpu", "tracking=none", *extra)
     job = build(cfg)
     x, y = next(iter(job.data.train))
-    logits = job.model(x)
+    loss, logits = training_loss(job.model(x), y, job.loss_fn)  # GoogLeNet adds its auxiliary losses
     assert logits.shape == (len(y), job.data.info.num_classes)
-    loss = job.loss_fn(logits, y)
     loss.backward()
     job.optimizer.step()
     step_scheduler(job.scheduler, loss.item())

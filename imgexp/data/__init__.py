@@ -1,17 +1,29 @@
-"""Data: a source loads images once, the split is stratified, batches are normalized on the device."""
+"""Data: a source lists or loads images, the splits are stratified, small images are decoded once into
+(device) memory, large ones stream through DataLoader workers; batches are augmented and normalized on
+the training device."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from typing import Optional, Union
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
-from imgexp.data import digits  # noqa: F401  (registers the source)
-from imgexp.data.loader import TensorLoader
+from imgexp.data import digits, folders, synthetic, torchvision_sets  # noqa: F401  (register the sources)
+from imgexp.data.augment import build_augment
+from imgexp.data.decode import decode_cached, decode_files, probe
+from imgexp.data.loader import StreamLoader, TensorLoader
 from imgexp.data.normalize import channel_stats
-from imgexp.data.sources import SOURCES, Images, load_source, register_source
+from imgexp.data.sources import SOURCES, Files, Images, Samples, Source, load_source, register_source
 from imgexp.data.split import stratified_split, stratified_subset
 
-__all__ = ["Data", "DataInfo", "Images", "SOURCES", "build", "register_source"]
+__all__ = ["Data", "DataInfo", "Files", "Images", "SOURCES", "Source", "StreamLoader", "TensorLoader", "build",
+           "register_source"]
+log = logging.getLogger(__name__)
+STATS_SAMPLE = 2000  # images decoded to estimate mean/std of a streamed train split
+Loader = Union[TensorLoader, StreamLoader]
 
 
 @dataclass
@@ -26,31 +38,96 @@ class DataInfo:
 @dataclass
 class Data:
     info: DataInfo
-    train: TensorLoader
-    val: TensorLoader
-    test: TensorLoader
+    train: Loader
+    val: Loader
+    test: Loader
 
 
-def build(data_cfg, norm_cfg, batch: int, seed: int, device: torch.device) -> Data:
-    """Load ``data_cfg``'s source, split it, and return device-resident loaders."""
-    images = load_source(data_cfg)
-    labels = images.y.numpy()
+def labels(samples: Samples) -> np.ndarray:
+    return samples.y.numpy()
+
+
+def split(source: Source, cfg) -> tuple[Samples, Samples, Samples]:
+    """train/val/test: the source's own splits, the missing ones carved out of train (stratified)."""
+    train, val, test = source.train, source.val, source.test
+    if test is None and val is None:
+        tr, va, te = stratified_split(labels(train), cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+        return train.take(tr), train.take(va), train.take(te)
+    if val is None:
+        tr, va, _ = stratified_split(labels(train), cfg.val_fraction, None, cfg.split_seed)
+        train, val = train.take(tr), train.take(va)
+    if test is None:
+        tr, te, _ = stratified_split(labels(train), cfg.test_fraction, None, cfg.split_seed)
+        train, test = train.take(tr), train.take(te)
+    return train, val, test
+
+
+def subset(parts: tuple[Samples, Samples, Samples], n: int, seed: int) -> tuple[Samples, Samples, Samples]:
+    """A stratified sample of ``n`` training images; val and test shrink by the same ratio."""
+    train = parts[0]
+    ratio = min(1.0, n / len(train.y))
+    classes = len(np.unique(labels(train)))
+    return tuple(p.take(stratified_subset(labels(p), max(classes, round(len(p.y) * ratio)), seed)) for p in parts)
+
+
+def geometry(train: Samples, cfg) -> tuple[tuple[int, int], int]:
+    """Target (H, W) and channels: the config's, else the source's (first file for files)."""
+    size, channels = (train.x.shape[2:], train.x.shape[1]) if isinstance(train, Images) else probe(train.paths[0])
+    size = (cfg.image_size, cfg.image_size) if cfg.image_size else tuple(size)
+    return size, cfg.channels or int(channels)
+
+
+def convert(images: Images, size: tuple[int, int], channels: int) -> Images:
+    """Resize (bilinear, antialiased) and convert channels of in-memory images, once."""
+    x = images.x
+    if x.shape[1] != channels:
+        x = x.expand(-1, 3, -1, -1) if channels == 3 else (
+            (x.float() * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True).round().byte())
+    if tuple(x.shape[2:]) != size:
+        x = F.interpolate(x.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+        x = x.round().clamp(0, 255).byte()
+    return Images(x.contiguous(), images.y)
+
+
+def build(data_cfg, aug_cfg, norm_cfg, batch: int, seed: int, device: torch.device) -> Data:
+    """Load ``data_cfg``'s source, split and subset it, and return loaders that yield augmented (train)
+    and normalized batches on ``device``."""
+    source = load_source(data_cfg)
+    parts = split(source, data_cfg)
     if data_cfg.subset is not None:
-        keep = torch.from_numpy(stratified_subset(labels, data_cfg.subset, data_cfg.split_seed))
-        images = Images(images.x[keep], images.y[keep], images.class_names)
-        labels = images.y.numpy()
-    parts = stratified_split(labels, data_cfg.val_fraction, data_cfg.test_fraction, data_cfg.split_seed)
-    train_idx, val_idx, test_idx = (torch.from_numpy(p) for p in parts)
-
-    mean, std = (t.to(device) for t in channel_stats(norm_cfg.name, images.x[train_idx]))
+        parts = subset(parts, data_cfg.subset, data_cfg.split_seed)
+    size, channels = geometry(parts[0], data_cfg)
+    stream = isinstance(parts[0], Files) and max(size) > data_cfg.in_memory_max_px
+    if not stream:
+        parts = tuple(
+            convert(p, size, channels) if isinstance(p, Images)
+            else decode_cached(p, size, channels, data_cfg.num_workers, data_cfg.cache_dir)
+            for p in parts
+        )
+    train = parts[0]
+    if isinstance(train, Files):
+        sample = stratified_subset(labels(train), min(STATS_SAMPLE, len(train.y)), seed)
+        stats_x = decode_files(train.take(sample), size, channels, data_cfg.num_workers)[0].x
+    else:
+        stats_x = train.x
+    mean, std = (t.to(device) for t in channel_stats(norm_cfg.name, stats_x))
+    augment = build_augment(aug_cfg, seed, device)
 
     def normalize(x: torch.Tensor) -> torch.Tensor:
         return (x.float() - mean) / std
 
-    def loader(idx: torch.Tensor, shuffle: bool) -> TensorLoader:
-        x, y = images.x[idx].to(device), images.y[idx].to(device)
-        return TensorLoader(x, y, batch, normalize, shuffle=shuffle, seed=seed)
+    def augment_normalize(x: torch.Tensor) -> torch.Tensor:
+        return (augment(x.float()) - mean) / std
 
-    _, c, h, w = images.x.shape
-    info = DataInfo(c, h, w, len(images.class_names), images.class_names)
-    return Data(info, loader(train_idx, True), loader(val_idx, False), loader(test_idx, False))
+    def loader(samples: Samples, is_train: bool) -> Loader:
+        transform = augment_normalize if is_train and augment is not None else normalize
+        if isinstance(samples, Files):
+            return StreamLoader(samples, size, channels, batch, transform, device, data_cfg.num_workers,
+                                shuffle=is_train, seed=seed)
+        return TensorLoader(samples.x.to(device), samples.y.to(device), batch, transform, shuffle=is_train,
+                            seed=seed)
+
+    log.info("data %s: %d train / %d val / %d test images, %dx%dx%d, %s", data_cfg.name,
+             *(len(p.y) for p in parts), channels, *size, "streamed from files" if stream else "in memory")
+    info = DataInfo(channels, size[0], size[1], len(source.class_names), list(source.class_names))
+    return Data(info, loader(parts[0], True), loader(parts[1], False), loader(parts[2], False))

@@ -1,26 +1,121 @@
-"""One door to every architecture: ``@register_model`` on a builder, ``create_model(cfg, info)`` to build."""
+"""One door to every architecture: ``@register_model`` on a builder, ``create_model(cfg, info)`` to build.
+
+``create_model`` also does, once for every model, what ``ModelConfig``'s common keys ask for: load
+torchvision's ImageNet weights (``pretrained``), load a local state dict (``weights``), freeze all but
+the classifier head (``freeze_backbone``).
+"""
 from __future__ import annotations
 
-from typing import Callable
+import logging
+import os
+import pickle
+from dataclasses import fields
+from typing import Callable, Optional, Sequence
 
+import torch
+import torchvision
 from torch import nn
 
-from imgexp.config import ConfigError
+from imgexp.config import ConfigError, ModelConfig
+
+log = logging.getLogger(__name__)
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
+HEADS: dict[str, tuple[str, ...]] = {}  # names of the classifier modules; empty: the model's last nn.Linear
+COMMON_KEYS = {f.name for f in fields(ModelConfig)}
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register ``fn(in_channels, num_classes, image_size, **cfg_fields) -> nn.Module`` under its name."""
-    MODELS[fn.__name__] = fn
-    return fn
+def register_model(fn: Optional[Callable[..., nn.Module]] = None, *, name: Optional[str] = None,
+                   head: Sequence[str] = ()):
+    """Register ``fn(in_channels, num_classes, image_size, **cfg_fields) -> nn.Module`` under ``name``
+    (default: the function's name). ``head`` names the classifier modules, the ones ``freeze_backbone``
+    leaves trainable and ``pretrained`` replaces; by default the model's last ``nn.Linear``.
+    Use as ``@register_model``, ``@register_model(head=...)`` or ``register_model(fn, name=...)``."""
+
+    def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        key = name or fn.__name__
+        MODELS[key], HEADS[key] = fn, tuple(head)
+        return fn
+
+    return add if fn is None else add(fn)
 
 
 def create_model(cfg, info) -> nn.Module:
-    """Build ``cfg.name`` for the data's channels, classes and image size; other cfg fields are kwargs."""
+    """Build ``cfg.name`` for the data's channels, classes and image size; the model's own cfg fields are
+    kwargs of its builder."""
     if cfg.name not in MODELS:
         raise ConfigError("model.name", f"unknown model {cfg.name!r}; known: {', '.join(sorted(MODELS))}")
-    kwargs = {k: v for k, v in cfg.items() if k != "name"}
-    return MODELS[cfg.name](
+    kwargs = {k: v for k, v in cfg.items() if k not in COMMON_KEYS}
+    model = MODELS[cfg.name](
         in_channels=info.channels, num_classes=info.num_classes, image_size=(info.height, info.width), **kwargs
     )
+    heads = head_names(model, cfg.name)
+    if cfg.get("pretrained", False):
+        load_pretrained(model, cfg.name, heads, info.channels)
+    if cfg.get("weights"):
+        load_weights(model, cfg.weights)
+    if cfg.get("freeze_backbone", False):
+        for param in model.parameters():
+            param.requires_grad_(False)
+        for head in heads:
+            model.get_submodule(head).requires_grad_(True)
+    return model
+
+
+def head_names(model: nn.Module, name: str) -> tuple[str, ...]:
+    """The registered heads of ``name``, else the name of ``model``'s last ``nn.Linear``."""
+    return HEADS[name] or ([n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1],)
+
+
+def load_pretrained(model: nn.Module, name: str, heads: tuple[str, ...], in_channels: int) -> None:
+    """Load torchvision's default ImageNet weights for ``name`` into ``model`` except its heads. Where the
+    model was adapted (a small-input stem), a module whose tensors no longer fit keeps its fresh init; a
+    first conv for ``in_channels != 3`` gets the RGB filters' mean (scaled by 3 / in_channels)."""
+    if name not in torchvision.models.list_models():
+        raise ConfigError("model.pretrained", f"no pretrained weights for {name} (only torchvision's models)")
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
+    try:
+        state = weights.get_state_dict(progress=True, check_hash=True)
+    except OSError as err:  # no network: urllib fails at once with a URLError
+        raise ConfigError(
+            "model.pretrained", f"cannot download {weights.url} ({err}); offline, put that file at {cached}"
+        ) from None
+    own = model.state_dict()
+    first_conv = next(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)) + ".weight"
+    w = state[first_conv]
+    if in_channels != 3 and own[first_conv].shape[2:] == w.shape[2:]:
+        state[first_conv] = w.mean(1, keepdim=True).repeat(1, in_channels, 1, 1) * (3 / in_channels)
+    skip = tuple(f"{h}." for h in heads)
+    misfits = {module_of(k) for k, v in own.items() if k not in state or state[k].shape != v.shape}
+    fit = {k: v for k, v in state.items() if k in own and module_of(k) not in misfits and not k.startswith(skip)}
+    fresh = [k for k in own if k not in fit and not k.startswith(skip)]
+    if fresh:
+        log.warning("pretrained %s: %d tensors keep their fresh init (adapted to the input): %s",
+                    name, len(fresh), ", ".join(fresh))
+    model.load_state_dict(fit, strict=False)
+
+
+def module_of(key: str) -> str:
+    return key.rsplit(".", 1)[0]
+
+
+def load_weights(model: nn.Module, path: str) -> None:
+    """Load a state dict saved with ``torch.save``; every key and shape must match."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, pickle.UnpicklingError) as err:
+        raise ConfigError("model.weights", f"cannot load {path}: {str(err).splitlines()[0]}") from None
+    if not isinstance(state, dict):
+        raise ConfigError("model.weights", f"{path} holds a {type(state).__name__}, not a state dict")
+    own = model.state_dict()
+    problems = {
+        "missing": [k for k in own if k not in state],
+        "unexpected": [k for k in state if k not in own],
+        "wrong shape": [k for k in own if k in state and own[k].shape != state[k].shape],
+    }
+    found = [f"{kind} {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''} ({len(keys)})"
+             for kind, keys in problems.items() if keys]
+    if found:
+        raise ConfigError("model.weights", f"{path} does not fit this model: {'; '.join(found)}")
+    model.load_state_dict(state)

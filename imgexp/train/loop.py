@@ -34,8 +34,25 @@ class FitResult:
     test_targets: torch.Tensor
 
 
+def training_loss(
+    output: torch.Tensor | tuple[torch.Tensor, ...], y: torch.Tensor, loss_fn: nn.Module, aux_weight: float = 0.3
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, logits) of a model's train-mode output. A tuple (GoogLeNet's) is (logits, *auxiliary logits):
+    the auxiliary losses add to the loss with weight ``aux_weight``."""
+    if isinstance(output, tuple):
+        logits, *aux = output
+        return loss_fn(logits, y) + aux_weight * sum(loss_fn(a, y) for a in aux), logits
+    return loss_fn(output, y), output
+
+
 def train_epoch(
-    model: nn.Module, batches: Batches, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, desc: str, progress: bool
+    model: nn.Module,
+    batches: Batches,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    desc: str,
+    progress: bool,
+    aux_weight: float = 0.3,
 ) -> dict[str, float]:
     model.train()
     n = 0
@@ -43,8 +60,7 @@ def train_epoch(
     # disable=None: the bar shows on a terminal only, not in logs
     for x, y in tqdm(batches, desc=desc, leave=False, disable=None if progress else True):
         optimizer.zero_grad(set_to_none=True)
-        logits = model(x)
-        loss = loss_fn(logits, y)
+        loss, logits = training_loss(model(x), y, loss_fn, aux_weight)
         loss.backward()
         optimizer.step()
         batch_sums = torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum().to(loss.dtype)])
@@ -85,13 +101,15 @@ def fit(
     on_epoch: Optional[EpochCallback] = None,
     topk: int = 2,
     progress: bool = True,
+    aux_weight: float = 0.3,
 ) -> FitResult:
-    """Train for ``epochs``; save the state dict whenever val/acc reaches a new best; test that state."""
+    """Train for ``epochs``; save the state dict whenever val/acc reaches a new best; test that state.
+    ``aux_weight`` weighs auxiliary classifiers' losses (see :func:`training_loss`)."""
     history: list[dict[str, float]] = []
     best_acc, best_epoch = -1.0, 0
     for epoch in range(1, epochs + 1):
         metrics = {"train/lr": optimizer.param_groups[0]["lr"]}
-        metrics |= train_epoch(model, train, loss_fn, optimizer, f"epoch {epoch}/{epochs}", progress)
+        metrics |= train_epoch(model, train, loss_fn, optimizer, f"epoch {epoch}/{epochs}", progress, aux_weight)
         logits, targets = predict(model, val)
         val_loss = loss_fn(logits, targets).item()
         val_acc = (logits.argmax(1) == targets).float().mean().item()

@@ -1,0 +1,27 @@
+"""torchvision's VGG-11/16/19, with and without batch norm. VGG has no stride-2 stem: small inputs keep
+its five max-pools (CIFAR's 32 px end at 1x1, as in the usual CIFAR VGG), in ceil mode so 8x8 fits."""
+from __future__ import annotations
+
+from functools import partial
+
+import torchvision
+from torch import nn
+
+from imgexp.models.layers import is_small, stem_conv
+from imgexp.models.registry import register_model
+
+
+def vgg(name: str, in_channels: int, num_classes: int, image_size: tuple[int, int], **kwargs) -> nn.Module:
+    """``kwargs``: the YAML's torchvision arguments (``dropout``)."""
+    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+    small = is_small(image_size)
+    model.features[0] = stem_conv(model.features[0], in_channels, small)
+    if small:
+        for layer in model.features:
+            if isinstance(layer, nn.MaxPool2d):
+                layer.ceil_mode = True
+    return model
+
+
+for _name in ("vgg11", "vgg16", "vgg19", "vgg11_bn", "vgg16_bn", "vgg19_bn"):
+    register_model(partial(vgg, _name), name=_name)
