@@ -301,6 +301,49 @@ class CrossEntropyConfig(LossConfig):
         require(0.0 <= self.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)")
 
 
+@dataclass
+class KMeansCenterConfig(LossConfig):
+    """Report D's K-means center loss (imgexp/losses/kmeans_center.py)."""
+
+    _target_: str = "imgexp.losses.kmeans_center.KMeansCenterLoss"
+    lambda_intra: float = 0.1
+    lambda_inter: float = 0.1
+    margin: float = 1.0
+    layer: Optional[str] = None  # module name; None: the input of the last nn.Linear (penultimate features)
+    refresh_steps: int = 0  # refresh the centers every N steps; 0: at the start of every epoch
+    memory: int = 4096  # training features kept for K-means
+    kmeans_steps: int = 5
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        for key in ("lambda_intra", "lambda_inter", "margin"):
+            require(getattr(self, key) >= 0, key, "must be >= 0")
+        require(self.refresh_steps >= 0, "refresh_steps", "must be >= 0")
+        require(self.memory > 0 and self.kmeans_steps >= 0, "memory", "memory must be > 0, kmeans_steps >= 0")
+
+
+# ---------------------------------------------------------------- analysis
+@dataclass
+class AnalysisConfig:
+    """Plots drawn from the model on a fixed sample of test images, logged under plots/."""
+
+    name: str = "default"
+    points: int = 2000  # test images sampled for t-SNE and CAM
+    tsne: bool = True
+    tsne_layers: Optional[List[str]] = None  # module names; None: the penultimate features; "report_d": 4 layers
+    tsne_3d: bool = True  # also a 3D PNG and an interactive HTML (at the end only)
+    tsne_at_best: bool = False  # 2D t-SNE at every new best val/acc epoch (report A's sequence)
+    cam: bool = True  # CAM (GAP + linear heads) or Grad-CAM grids: per class, correct vs wrong, by depth
+    cam_layer: Optional[str] = None  # None: the last conv
+    cam_images: int = 8  # per class and per row
+    feature_maps: bool = True
+    feature_layers: Optional[List[str]] = None  # None: first and last conv
+
+    def __post_init__(self) -> None:
+        require(self.points >= 10, "points", "must be >= 10")
+        require(self.cam_images >= 1, "cam_images", "must be >= 1")
+
+
 # ---------------------------------------------------------------- tracking
 @dataclass
 class TrackingConfig:
@@ -321,6 +364,7 @@ class Config:
     scheduler: Any = MISSING
     loss: Any = MISSING
     tracking: Any = MISSING
+    analysis: Any = MISSING
     epochs: int = 10
     batch: int = 64
     seed: int = 0
@@ -362,7 +406,8 @@ SCHEMAS = {
         "cosine": CosineConfig,
         "exponential": ExponentialConfig,
     },
-    "loss": {"cross_entropy": CrossEntropyConfig},
+    "loss": {"cross_entropy": CrossEntropyConfig, "kmeans_center": KMeansCenterConfig},
+    "analysis": {"base": AnalysisConfig},
     "tracking": {"base": TrackingConfig},
 }
 

@@ -15,11 +15,14 @@ from omegaconf import DictConfig, OmegaConf
 from imgexp import data as data_lib
 from imgexp import losses
 from imgexp.analysis import confusion_figure, learning_curves_figure
+from imgexp.analysis.report import Artifacts, final_artifacts, tsne_artifacts
+from imgexp.data.split import stratified_subset
 from imgexp.config import ConfigError, validate
 from imgexp.models import create_model
 from imgexp.optim import build_optimizer, build_scheduler
 from imgexp.tracking import start_run
 from imgexp.train import fit
+from imgexp.train.metrics import confusion_table, per_class_table
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +85,25 @@ def build(cfg: DictConfig) -> Job:
     data = data_lib.build(cfg.data, cfg.augmentation, cfg.normalization, cfg.batch, cfg.seed, device)
     model = create_model(cfg.model, data.info).to(device)
     optimizer = build_optimizer(cfg.optimizer, [p for p in model.parameters() if p.requires_grad])
-    return Job(data, model, losses.build(cfg.loss), optimizer, build_scheduler(cfg.scheduler, optimizer))
+    return Job(data, model, losses.build(cfg.loss, model), optimizer, build_scheduler(cfg.scheduler, optimizer))
+
+
+def analysis_sample(batches, points: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed stratified sample of ``points`` (model-ready) images of a split, for the analysis plots."""
+    xs, ys = zip(*batches)
+    x, y = torch.cat(xs), torch.cat(ys)
+    keep = torch.from_numpy(stratified_subset(y.cpu().numpy(), points, seed)).to(y.device)
+    return x[keep], y[keep]
+
+
+def log_artifacts(tracker, artifacts: Artifacts) -> None:
+    """Figures as PNGs, text (HTML) as files; every figure closed."""
+    for path, item in artifacts.items():
+        if isinstance(item, str):
+            tracker.log_text(item, path)
+        else:
+            tracker.log_figure(item, path)
+            plt.close(item)
 
 
 def run(cfg: DictConfig, output_dir: str | Path, overrides: Sequence[str] = ()) -> float:
@@ -101,17 +122,35 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Sequence[str] = ()) 
                    flat_params(cfg), tags) as tracker:
         tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         tracker.log_metrics({"model/params": float(n_params)})
+        analysis = cfg.analysis
+        sample = analysis_sample(data.test, analysis.points, cfg.seed) if analysis.tsne or analysis.cam else None
+        best = {"acc": -1.0}
+
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            tracker.log_epoch(epoch, metrics)
+            if analysis.tsne and analysis.tsne_at_best and metrics["val/acc"] > best["acc"]:
+                title = f"epoch {epoch}, val/acc {metrics['val/acc']:.3f}"
+                log_artifacts(tracker, tsne_artifacts(model, *sample, info.class_names, analysis,
+                                                      f"epoch{epoch:03d}", title, three_d=False))
+            best["acc"] = max(best["acc"], metrics["val/acc"])
+
         result = fit(model, data.train, data.val, data.test, job.loss_fn, job.optimizer, job.scheduler, cfg.epochs,
-                     checkpoint, on_epoch=tracker.log_epoch, topk=cfg.topk, progress=cfg.progress)
+                     checkpoint, on_epoch=on_epoch, topk=cfg.topk, progress=cfg.progress)
         tracker.log_metrics({**result.test, "val/best_epoch": float(result.best_epoch)})
         tracker.log_artifact(checkpoint, "checkpoints")
-        for figure, name in (
-            (learning_curves_figure(result.history), "plots/learning_curves.png"),
-            (confusion_figure(result.test_targets.numpy(), result.test_logits.argmax(1).numpy(),
-                              data.info.class_names), "plots/confusion_matrix.png"),
-        ):
-            tracker.log_figure(figure, name)
-            plt.close(figure)
+        tracker.log_text(per_class_table(result.test_logits, result.test_targets, info.class_names)
+                         .to_csv(index=False), "metrics/per_class.csv")
+        tracker.log_text(confusion_table(result.test_logits, result.test_targets, info.class_names).to_csv(),
+                         "metrics/confusion_matrix.csv")
+        plots: Artifacts = {
+            "plots/learning_curves.png": learning_curves_figure(result.history),
+            "plots/confusion_matrix.png": confusion_figure(
+                result.test_targets.numpy(), result.test_logits.argmax(1).numpy(), info.class_names),
+        }
+        if sample is not None:  # the model now holds the best checkpoint's weights
+            title = f"best epoch {result.best_epoch}, test/acc {result.test['test/acc']:.3f}"
+            plots |= final_artifacts(model, *sample, info.class_names, analysis, title)
+        log_artifacts(tracker, plots)
 
     final = {**result.history[-1], **result.test}
     log.info("summary (best epoch %d of %d)%s\n%s", result.best_epoch, cfg.epochs,

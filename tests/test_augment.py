@@ -112,5 +112,5 @@ def test_cuda_matches_cpu():
 def test_cli_trains_with_augmentation(tmp_path):
     """The real command line: overrides parse, and every training batch of an epoch goes through it."""
     proc = run_cli("augmentation=keras_like", "augmentation.shear=11.5", "epochs=1", "data.subset=300",
-                   "tracking=none", "progress=false", cwd=tmp_path)
+                   "tracking=none", "analysis=none", "progress=false", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import tempfile
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from mlflow import MlflowClient
@@ -42,23 +44,35 @@ def test_cli_run_logs_everything(workdir):
     assert r.data.params["model.name"] == "small_cnn" and r.data.params["data.name"] == "digits"
     assert r.data.tags["imgexp.overrides"] == "epochs=2 tracking.experiment=e2e"
 
-    files = {a.path for d in ("", "plots", "checkpoints") for a in client.list_artifacts(r.info.run_id, d)}
-    assert {"config.yaml", "plots/learning_curves.png", "plots/confusion_matrix.png",
-            "checkpoints/best.pt"} <= files
+    files = {a.path for d in ("", "plots", "plots/cam", "plots/tsne", "checkpoints", "metrics")
+             for a in client.list_artifacts(r.info.run_id, d)}
+    layer = "3"  # small_cnn's first dense layer, the default t-SNE layer
+    assert {"config.yaml", "plots/learning_curves.png", "plots/confusion_matrix.png", "checkpoints/best.pt",
+            "metrics/per_class.csv", "metrics/confusion_matrix.csv", "plots/feature_maps.png",
+            "plots/cam/correct_vs_wrong.png", "plots/cam/gradcam_depths.png",
+            f"plots/tsne/final_{layer}_2d.png", f"plots/tsne/final_{layer}_3d.png",
+            f"plots/tsne/final_{layer}_3d.html"} <= files
+    assert {f"plots/cam/class_{k}.png" for k in range(10)} <= files
     local = client.download_artifacts(r.info.run_id, "", str(workdir / "dl"))
     assert "epochs: 2" in open(f"{local}/config.yaml").read()
-    for png in ("learning_curves", "confusion_matrix"):
+    for png in ("learning_curves", "confusion_matrix", "feature_maps", "cam/correct_vs_wrong",
+                f"tsne/final_{layer}_2d"):
         img = Image.open(f"{local}/plots/{png}.png").convert("L")
         assert img.width >= 400 and img.height >= 300
         lo, hi = img.getextrema()
         assert hi - lo > 100, "the plot is not blank"
+    per_class = pd.read_csv(f"{local}/metrics/per_class.csv")
+    assert list(per_class["class"].astype(str)) == list("0123456789") and per_class["support"].sum() == 270
+    assert per_class["f1"].mean() == pytest.approx(r.data.metrics["test/f1_macro"], abs=1e-6)
+    confusion = pd.read_csv(f"{local}/metrics/confusion_matrix.csv", index_col=0)
+    assert np.trace(confusion.values) / confusion.values.sum() == pytest.approx(r.data.metrics["test/acc"])
     state = load(f"{local}/checkpoints/best.pt")
     model = create_model(OmegaConf.create({"name": "small_cnn"}), DataInfo(1, 8, 8, 10, list("0123456789")))
     model.load_state_dict(state)  # strict: the checkpoint is a full small_cnn state dict
 
 
 def test_grid_multirun_makes_one_run_per_job(workdir):
-    proc = run_cli("-m", "epochs=1,2", "batch=32,64", "tracking.experiment=grid", cwd=workdir)
+    proc = run_cli("-m", "epochs=1,2", "batch=32,64", "analysis=none", "tracking.experiment=grid", cwd=workdir)
     assert proc.returncode == 0, proc.stderr[-2000:]
     client, runs = runs_of(workdir, "grid")
     assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
@@ -67,7 +81,7 @@ def test_grid_multirun_makes_one_run_per_job(workdir):
 
 
 def history_of(compose_cfg, tmp_path, seed):
-    cfg = compose_cfg("tracking=none", "epochs=2", f"seed={seed}", "progress=false", "device=cpu")
+    cfg = compose_cfg("tracking=none", "epochs=2", f"seed={seed}", "progress=false", "device=cpu", "analysis=none")
     captured = []
     original = imgexp.run.fit
 
@@ -97,7 +111,7 @@ def test_crash_marks_run_failed_and_keeps_what_was_logged(compose_cfg, workdir, 
         raise RuntimeError("plotting broke")
 
     monkeypatch.setattr(imgexp.run, "confusion_figure", broken)
-    cfg = compose_cfg("epochs=2", "progress=false", "tracking.experiment=crash")
+    cfg = compose_cfg("epochs=2", "progress=false", "tracking.experiment=crash", "analysis=none")
     with pytest.raises(RuntimeError, match="plotting broke"):
         run(cfg, workdir / "out")
     client, runs = runs_of(workdir, "crash")

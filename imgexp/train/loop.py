@@ -55,6 +55,7 @@ def train_epoch(
     aux_weight: float = 0.3,
 ) -> dict[str, float]:
     model.train()
+    loss_fn.train()
     n = 0
     sums: Optional[torch.Tensor] = None  # (loss * n, correct) kept on the device: no sync per batch
     # disable=None: the bar shows on a terminal only, not in logs
@@ -110,6 +111,8 @@ def fit(
     for epoch in range(1, epochs + 1):
         metrics = {"train/lr": optimizer.param_groups[0]["lr"]}
         metrics |= train_epoch(model, train, loss_fn, optimizer, f"epoch {epoch}/{epochs}", progress, aux_weight)
+        metrics |= getattr(loss_fn, "epoch_metrics", dict)()  # e.g. the center loss's distances
+        loss_fn.eval()  # losses with training-only terms report plain validation/test losses
         logits, targets = predict(model, val)
         val_loss = loss_fn(logits, targets).item()
         val_acc = (logits.argmax(1) == targets).float().mean().item()

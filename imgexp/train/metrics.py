@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
-from sklearn.metrics import accuracy_score, f1_score, top_k_accuracy_score
+from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support,
+                             top_k_accuracy_score)
 
 
 def classification_metrics(
@@ -21,3 +23,17 @@ def classification_metrics(
     if topk < scores.shape[1]:
         out[f"{prefix}/top{topk}"] = float(top_k_accuracy_score(y, scores, k=topk, labels=labels))
     return out
+
+
+def per_class_table(logits: torch.Tensor, targets: torch.Tensor, class_names: list[str]) -> pd.DataFrame:
+    """Precision, recall, F1 and support per class (one row each)."""
+    labels = np.arange(len(class_names))
+    p, r, f, n = precision_recall_fscore_support(targets.numpy(), logits.argmax(1).numpy(), labels=labels,
+                                                 zero_division=0)
+    return pd.DataFrame({"class": class_names, "precision": p, "recall": r, "f1": f, "support": n})
+
+
+def confusion_table(logits: torch.Tensor, targets: torch.Tensor, class_names: list[str]) -> pd.DataFrame:
+    """Counts: rows are true classes, columns predicted ones."""
+    cm = confusion_matrix(targets.numpy(), logits.argmax(1).numpy(), labels=np.arange(len(class_names)))
+    return pd.DataFrame(cm, index=pd.Index(class_names, name="true"), columns=class_names)
