@@ -11,7 +11,7 @@ import torch
 
 import imgexp.data.decode
 from imgexp.config import ConfigError
-from imgexp.data import Files, StreamLoader, TensorLoader, build, folders
+from imgexp.data import StreamLoader, TensorLoader, build, folders
 from imgexp.data.torchvision_sets import as_images
 
 from conftest import CLASSES, class_tree, write_image

@@ -27,7 +27,7 @@ def load_torchvision(cfg, dataset_cls) -> Source:
     try:
         train = dataset_cls(str(root), train=True, download=cfg.download)
         test = dataset_cls(str(root), train=False, download=cfg.download)
-    except RuntimeError as err:  # torchvision: "Dataset not found or corrupted ..."
+    except RuntimeError:  # torchvision: "Dataset not found or corrupted ..."
         raise ConfigError("data.root", f"no {dataset_cls.__name__} files in {root}; set data.download=true "
                           f"to fetch them, or point data.root at an image folder with train/<class>/ and "
                           f"test/<class>/") from None
