@@ -14,22 +14,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from imgexp.config import register
+from imgexp.errors import one_line, run_app
 
 register()
 FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"
-
-
-def one_line(err: BaseException) -> str:
-    """First line of the error plus, for config errors, the first line of their OmegaConf cause."""
-    text = str(err).strip()
-    parts = [text.splitlines()[0] if text else type(err).__name__]
-    cause = getattr(err.__cause__, "msg", None)
-    if cause:
-        parts.append(str(cause).strip().splitlines()[0])
-    options = getattr(err, "options", None)  # Hydra's MissingConfigException lists a group's options
-    if options:
-        parts.append(f"(available: {', '.join(options)})")
-    return "imgexp: error: " + " ".join(parts)
 
 
 @hydra.main(version_base=None, config_path="pkg://imgexp.conf", config_name="config")
@@ -46,15 +34,14 @@ def app(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    if FULL_ERROR:
-        app()
+    """The ``imgexp`` console script; ``imgexp compare ...`` runs the comparison stage."""
+    if sys.argv[1:2] == ["compare"]:
+        from imgexp.compare.__main__ import main as compare
+
+        sys.argv = [sys.argv[0], *sys.argv[2:]]
+        compare()
         return
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra then raises composition errors to us instead of printing them
-    try:
-        app()
-    except Exception as err:  # noqa: BLE001 - every error becomes one line and a non-zero exit
-        print(one_line(err), file=sys.stderr)
-        sys.exit(1)
+    run_app(app)
 
 
 if __name__ == "__main__":

@@ -351,9 +351,27 @@ class TrackingConfig:
     uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory
     experiment: str = "imgexp"
     run_name: Optional[str] = None
+    parent_run_id: Optional[str] = None  # set by imgexp's sweepers: the sweep's MLflow parent run
+
+
+@dataclass
+class TrialConfig:
+    """The Optuna trial a job belongs to; set by ``hydra/sweeper=optuna``, never by hand."""
+
+    storage: Optional[str] = None
+    study: Optional[str] = None
+    id: Optional[int] = None
+    number: Optional[int] = None
 
 
 # ---------------------------------------------------------------- root
+def metric_list(optimized_metric: Any) -> list:
+    """``optimized_metric`` as a list: one name, or several for a multi-objective sweep."""
+    if isinstance(optimized_metric, str):
+        return [optimized_metric]
+    return list(optimized_metric)
+
+
 @dataclass
 class Config:
     model: Any = MISSING
@@ -370,15 +388,17 @@ class Config:
     seed: int = 0
     device: str = "auto"
     topk: int = 2
-    optimized_metric: str = "val/acc_best"
+    optimized_metric: Any = "val/acc_best"  # one metric name, or a list of them (multi-objective sweeps)
     progress: bool = True
+    trial: TrialConfig = field(default_factory=TrialConfig)
 
     def __post_init__(self) -> None:
         require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
         require(self.batch >= 1, "batch", f"must be >= 1, got {self.batch}")
         require(self.topk >= 1, "topk", f"must be >= 1, got {self.topk}")
-        require(self.optimized_metric.split("/")[0] in ("train", "val", "test"), "optimized_metric",
-                f"must be a train/, val/ or test/ metric, got {self.optimized_metric!r}")
+        for metric in metric_list(self.optimized_metric):
+            require(isinstance(metric, str) and metric.split("/")[0] in ("train", "val", "test"), "optimized_metric",
+                    f"must be train/, val/ or test/ metrics, got {self.optimized_metric!r}")
         require(
             self.device in ("auto", "cpu", "mps") or self.device.startswith("cuda"),
             "device",
@@ -413,7 +433,16 @@ SCHEMAS = {
 
 
 def register() -> None:
-    """Store the root schema as ``config_schema`` and each option's schema under ``schema/<group>/``."""
+    """Store the root schema as ``config_schema`` and each option's schema under ``schema/<group>/``,
+    and register imgexp's sweepers with Hydra (its plugin scan misses them in editable installs)."""
+    from hydra.core.plugins import Plugins
+
+    plugins = Plugins.instance()  # scan first: the scan re-executes plugin modules it finds
+    from hydra_plugins.imgexp_grid_sweeper.grid_sweeper import GridSweeper
+    from hydra_plugins.imgexp_optuna_sweeper.optuna_sweeper import OptunaSweeper
+
+    for sweeper in (GridSweeper, OptunaSweeper):
+        plugins.register(sweeper)
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     for group, options in SCHEMAS.items():

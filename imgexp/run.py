@@ -17,10 +17,12 @@ from imgexp import losses
 from imgexp.analysis import confusion_figure, learning_curves_figure
 from imgexp.analysis.report import Artifacts, final_artifacts, tsne_artifacts
 from imgexp.data.split import stratified_subset
-from imgexp.config import ConfigError, validate
+from imgexp.config import ConfigError, metric_list, validate
 from imgexp.models import create_model
 from imgexp.optim import build_optimizer, build_scheduler
 from imgexp.tracking import start_run
+from imgexp.tracking.sweep import SWEEPER_KEYS
+from imgexp.tracking.trial import trial_reporter
 from imgexp.train import fit
 from imgexp.train.metrics import confusion_table, per_class_table
 
@@ -106,25 +108,32 @@ def log_artifacts(tracker, artifacts: Artifacts) -> None:
             plt.close(item)
 
 
-def run(cfg: DictConfig, output_dir: str | Path, overrides: Sequence[str] = ()) -> float:
-    """Train one model as ``cfg`` says, log it, and return ``cfg.optimized_metric``."""
-    job = build(cfg)
-    data, model = job.data, job.model
-    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    info = data.info
-    log.info("%s on %s (%dx%dx%d, %d classes): %d trainable parameters, device %s", cfg.model.name, cfg.data.name,
-             info.channels, info.height, info.width, info.num_classes, n_params, next(model.parameters()).device)
-
+def run(cfg: DictConfig, output_dir: str | Path, overrides: Sequence[str] = ()) -> float | list[float]:
+    """Train one model as ``cfg`` says, log it, and return ``cfg.optimized_metric`` (a list of values
+    when it names several metrics). Everything from validation on happens inside the MLflow run, so a
+    failing job leaves a FAILED run with its error."""
     checkpoint = Path(output_dir) / "checkpoints" / "best.pt"
-    tags = {"imgexp.overrides": " ".join(overrides), "imgexp.model": cfg.model.name, "imgexp.data": cfg.data.name}
+    asked = [o for o in overrides if not o.startswith(SWEEPER_KEYS)]
+    tags = {"imgexp.overrides": " ".join(asked), "imgexp.model": cfg.model.name, "imgexp.data": cfg.data.name}
+    if cfg.trial.number is not None:
+        tags["imgexp.trial"] = str(cfg.trial.number)
     run_name = cfg.tracking.run_name or f"{cfg.model.name}-{cfg.data.name}"
+    metrics = metric_list(cfg.optimized_metric)
     with start_run(cfg.tracking.enabled, cfg.tracking.uri, cfg.tracking.experiment, run_name,
-                   flat_params(cfg), tags) as tracker:
+                   flat_params(cfg), tags, cfg.tracking.parent_run_id) as tracker:
+        job = build(cfg)
+        data, model = job.data, job.model
+        n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        info = data.info
+        log.info("%s on %s (%dx%dx%d, %d classes): %d trainable parameters, device %s", cfg.model.name,
+                 cfg.data.name, info.channels, info.height, info.width, info.num_classes, n_params,
+                 next(model.parameters()).device)
         tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         tracker.log_metrics({"model/params": float(n_params)})
         analysis = cfg.analysis
         sample = analysis_sample(data.test, analysis.points, cfg.seed) if analysis.tsne or analysis.cam else None
         best = {"acc": -1.0}
+        report_to_trial = trial_reporter(cfg.trial, metrics[0])
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
             tracker.log_epoch(epoch, metrics)
@@ -133,6 +142,8 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Sequence[str] = ()) 
                 log_artifacts(tracker, tsne_artifacts(model, *sample, info.class_names, analysis,
                                                       f"epoch{epoch:03d}", title, three_d=False))
             best["acc"] = max(best["acc"], metrics["val/acc"])
+            if report_to_trial:
+                report_to_trial(epoch, metrics)
 
         result = fit(model, data.train, data.val, data.test, job.loss_fn, job.optimizer, job.scheduler, cfg.epochs,
                      checkpoint, on_epoch=on_epoch, topk=cfg.topk, progress=cfg.progress)
@@ -151,10 +162,12 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Sequence[str] = ()) 
             title = f"best epoch {result.best_epoch}, test/acc {result.test['test/acc']:.3f}"
             plots |= final_artifacts(model, *sample, info.class_names, analysis, title)
         log_artifacts(tracker, plots)
+        final = {**result.history[-1], **result.test}
+        missing = [m for m in metrics if m not in final]
+        if missing:
+            raise ConfigError("optimized_metric", f"{missing[0]!r} is not among {', '.join(final)}")
 
-    final = {**result.history[-1], **result.test}
     log.info("summary (best epoch %d of %d)%s\n%s", result.best_epoch, cfg.epochs,
              f", MLflow run {tracker.run_id}" if tracker.run_id else "", summary_table(final))
-    if cfg.optimized_metric not in final:
-        raise ConfigError("optimized_metric", f"{cfg.optimized_metric!r} is not among {', '.join(final)}")
-    return final[cfg.optimized_metric]
+    values = [final[m] for m in metrics]
+    return values[0] if isinstance(cfg.optimized_metric, str) else values

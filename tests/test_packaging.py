@@ -12,8 +12,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_pyproject_lists_every_package():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "imgexp").rglob("__init__.py")}
+    inits = [*(ROOT / "imgexp").rglob("__init__.py"), *(ROOT / "hydra_plugins").rglob("__init__.py")]
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in inits}
     assert found | {"imgexp.conf"} == listed
+    assert not (ROOT / "hydra_plugins" / "__init__.py").exists(), "hydra_plugins is a namespace package"
 
 
 def test_wheel_contains_config_tree(tmp_path):
@@ -26,3 +28,5 @@ def test_wheel_contains_config_tree(tmp_path):
     yamls = {f"imgexp/conf/{p.relative_to(ROOT / 'conf').as_posix()}" for p in (ROOT / "conf").rglob("*.yaml")}
     assert yamls and yamls <= names
     assert "imgexp/__main__.py" in names
+    assert {"hydra_plugins/imgexp_grid_sweeper/grid_sweeper.py",
+            "hydra_plugins/imgexp_optuna_sweeper/optuna_sweeper.py"} <= names

@@ -71,15 +71,6 @@ def test_cli_run_logs_everything(workdir):
     model.load_state_dict(state)  # strict: the checkpoint is a full small_cnn state dict
 
 
-def test_grid_multirun_makes_one_run_per_job(workdir):
-    proc = run_cli("-m", "epochs=1,2", "batch=32,64", "analysis=none", "tracking.experiment=grid", cwd=workdir)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    client, runs = runs_of(workdir, "grid")
-    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
-    combos = sorted((r.data.params["epochs"], r.data.params["batch"]) for r in runs)
-    assert combos == [("1", "32"), ("1", "64"), ("2", "32"), ("2", "64")]
-
-
 def history_of(compose_cfg, tmp_path, seed):
     cfg = compose_cfg("tracking=none", "epochs=2", f"seed={seed}", "progress=false", "device=cpu", "analysis=none")
     captured = []

@@ -1,5 +1,6 @@
-"""MLflow tracking. One run per training job; a crash inside ``start_run`` marks the run FAILED and
-keeps everything logged before it."""
+"""MLflow tracking. One run per training job; a crash inside ``start_run`` marks the run FAILED, tags it
+with the error and keeps everything logged before it. A run stopped by a pruner stays FINISHED, tagged
+``imgexp.status=pruned``."""
 from __future__ import annotations
 
 import os
@@ -8,7 +9,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
+from imgexp.errors import describe
+
 DEFAULT_URI = "sqlite:///mlflow.db"
+SWEEP_ID_TAG = "imgexp.sweep_id"  # on a sweep's parent run and on each of its children
+ERROR_TAG = "imgexp.error"  # a FAILED run's one-line error
+STATUS_TAG = "imgexp.status"  # "pruned" for a run a pruner stopped early
 
 
 class Tracker:
@@ -72,8 +78,11 @@ def start_run(
     run_name: Optional[str],
     params: dict[str, object],
     tags: dict[str, str],
+    parent_run_id: Optional[str] = None,
 ) -> Iterator[Tracker]:
-    """Open an MLflow run with ``params`` and ``tags`` logged, yield a tracker, close it FINISHED or FAILED."""
+    """Open an MLflow run (a child of ``parent_run_id``, when given) with ``params`` and ``tags`` logged,
+    yield a tracker, and close it FINISHED, or FAILED with the error in tag ``imgexp.error``; an error
+    whose ``run_status`` attribute is ``"pruned"`` leaves it FINISHED, tagged ``imgexp.status=pruned``."""
     if not enabled:
         yield Tracker()
         return
@@ -84,6 +93,19 @@ def start_run(
     commit = git_commit(Path(__file__).resolve().parent)
     if commit:
         tags = {**tags, "mlflow.source.git.commit": commit}
-    with mlflow.start_run(run_name=run_name, tags=tags) as run:
+    if parent_run_id:
+        parent_tags = mlflow.MlflowClient().get_run(parent_run_id).data.tags
+        tags = {**tags, SWEEP_ID_TAG: parent_tags.get(SWEEP_ID_TAG, parent_run_id)}
+    run = mlflow.start_run(run_name=run_name, tags=tags, parent_run_id=parent_run_id)
+    try:
         mlflow.log_params(params)
         yield MlflowTracker(run)
+    except BaseException as err:
+        if getattr(err, "run_status", None) == "pruned":
+            mlflow.set_tag(STATUS_TAG, "pruned")
+            mlflow.end_run("FINISHED")
+        else:
+            mlflow.set_tag(ERROR_TAG, describe(err)[:5000])
+            mlflow.end_run("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    mlflow.end_run("FINISHED")

@@ -1,0 +1,1 @@
+"""imgexp's grid sweeper (``hydra/sweeper=grid``, the default for ``python -m imgexp -m``)."""

@@ -1,0 +1,1 @@
+"""imgexp's Optuna sweeper (``hydra/sweeper=optuna``)."""

@@ -1,0 +1,28 @@
+"""``hydra/sweeper=optuna``: the settings Hydra's Optuna plugin users know, plus pruning and resume."""
+
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class OptunaSweeperConf:
+    _target_: str = "hydra_plugins.imgexp_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    sampler: str = "tpe"  # tpe | random | cmaes | grid | nsgaii
+    seed: Optional[int] = None  # the sampler's seed
+    direction: Any = "maximize"  # minimize | maximize, or a list of them (one per optimized_metric)
+    study_name: Optional[str] = None  # None: imgexp-<hash of the search space and fixed overrides>
+    storage: Optional[str] = None  # any SQLAlchemy URL; None: sqlite:///<cwd>/optuna/<study_name>.db
+    n_trials: int = 20  # in the study as a whole: a rerun or another worker continues up to this
+    n_jobs: int = 1  # trials in flight at once in this process (needs a process-based launcher)
+    max_failure_rate: float = 1.0  # stop claiming trials once failed / finished exceeds this
+    pruner: str = "none"  # none | median | hyperband | successive_halving
+    pruner_startup_trials: int = 5  # median: trials finished before any pruning
+    pruner_warmup_steps: int = 0  # median: epochs of each trial never pruned
+    pruner_min_resource: int = 1  # hyperband / successive_halving: epochs before the first rung
+    heartbeat_interval: int = 30  # seconds; a trial silent for 2x this is taken as dead and retried
+    params: Optional[Dict[str, str]] = None  # search space in override syntax: {optimizer.lr: "tag(log, ...)"}
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="imgexp")

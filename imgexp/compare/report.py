@@ -1,0 +1,145 @@
+"""The figures (seaborn bar charts per metric, overlaid learning curves) and the self-contained HTML report:
+every image inline as a base64 PNG, nothing fetched from elsewhere."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import tempfile
+from fnmatch import fnmatch
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from imgexp.compare.select import Selection  # noqa: E402
+from imgexp.compare.table import Table  # noqa: E402
+
+CURVES = ("train/acc", "val/acc", "train/loss", "val/loss")
+# Plots shown first as thumbnails (patterns of artifact paths), then the rest by name.
+PREFERRED = ("plots/learning_curves.png", "plots/tsne/final_*_2d.png", "plots/cam/correct_vs_wrong.png",
+             "plots/cam/*", "plots/confusion_matrix.png")
+
+
+def bars_figure(values: pd.DataFrame, columns: list[str], labels: dict[str, str]):
+    """One bar chart per metric: the mean over runs of each column, error bars one standard deviation."""
+    data = values.dropna(subset=["value"]).assign(row=lambda d: d.metric.map(lambda m: labels.get(m, m)))
+    rows = list(dict.fromkeys(data.row))
+    grid = sns.catplot(data, kind="bar", x="column", y="value", col="row", col_order=rows, order=columns,
+                       col_wrap=min(4, len(rows)), sharey=False, errorbar="sd", capsize=0.2, height=2.8,
+                       aspect=max(1.0, 0.35 * len(columns)))
+    grid.map_dataframe(sns.stripplot, x="column", y="value", order=columns, color="black", size=3)
+    grid.set_titles("{col_name}").set_axis_labels("", "")
+    for ax in grid.axes.flat:
+        ax.tick_params(axis="x", labelrotation=30 if len(columns) > 3 else 0)
+    grid.figure.tight_layout()
+    return grid.figure
+
+
+def curves_frame(sel: Selection) -> pd.DataFrame:
+    rows = [(run.run_id, run.column, step, *metric.split("/"), value)
+            for _, run in sel.counted.iterrows() for metric in CURVES
+            for step, value in sel.history(run.run_id, metric) if step > 0]
+    return pd.DataFrame(rows, columns=["run", "column", "epoch", "split", "metric", "value"])
+
+
+def curves_figure(curves: pd.DataFrame, columns: list[str], key: str):
+    """Accuracy and loss per epoch of every counted run, coloured by column (legend: ``key``), solid train
+    and dashed val."""
+    curves = curves.rename(columns={"column": key})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric in zip(axes, ("acc", "loss")):
+        sns.lineplot(curves[curves.metric == metric], x="epoch", y="value", hue=key, hue_order=columns,
+                     style="split", style_order=["train", "val"], units="run", estimator=None, marker="o", ax=ax)
+        ax.set(title=metric, ylabel=metric)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    return fig
+
+
+def png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def img(data: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+
+
+def plot_paths(sel: Selection, run_id: str, path: str = "plots") -> list[str]:
+    """Every PNG artifact under ``plots/`` of a run."""
+    found = []
+    for item in sel.client.list_artifacts(run_id, path):
+        if item.is_dir:
+            found += plot_paths(sel, run_id, item.path)
+        elif item.path.endswith(".png"):
+            found.append(item.path)
+    return found
+
+
+def thumbnails(sel: Selection, run_id: str, limit: int, size: tuple[int, int] = (400, 300)) -> list[tuple[str, bytes]]:
+    """Up to ``limit`` of the run's plots (preferred ones first), downsized to fit ``size``."""
+    def rank(path: str) -> tuple[int, str]:
+        return next((i for i, p in enumerate(PREFERRED) if fnmatch(path, p)), len(PREFERRED)), path
+
+    chosen = sorted(plot_paths(sel, run_id), key=rank)[:limit] if limit else []
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in chosen:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=tmp,
+                                                         tracking_uri=sel.uri)
+            with Image.open(local) as image:
+                image.thumbnail(size)
+                buffer = io.BytesIO()
+                image.save(buffer, format="PNG")
+            out.append((path, buffer.getvalue()))
+    return out
+
+
+def run_url(sel: Selection, ui_url: str | None, run: pd.Series) -> str:
+    base = ui_url or (sel.uri if sel.uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000")
+    return f"{base.rstrip('/')}/#/experiments/{run.experiment_id}/runs/{run.run_id}"
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table.compare { border-collapse: collapse; margin: 1em 0; }
+table.compare th, table.compare td { border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: right; }
+table.compare td:first-child, table.compare th:first-child { text-align: left; }
+figure { display: inline-block; margin: 0.3em; vertical-align: top; }
+figcaption { font-size: 0.8em; color: #555; }
+section.run { border-top: 1px solid #ddd; padding-top: 0.5em; }
+img { max-width: 100%; }
+"""
+
+
+def html_report(sel: Selection, table: Table, epoch: str, figures: dict[str, bytes], thumbs: int,
+                ui_url: str | None) -> str:
+    """The report page: selection, table, notes, figures, and per run a link and its plot thumbnails."""
+    e = html.escape
+    parts = [f"<h1>Comparison by {e(', '.join(sel.keys))}</h1>", f"<p>{e(sel.description)}</p>",
+             f"<p>{e(table.caption(epoch))}</p>",
+             table.frame().to_html(index=False, classes="compare", border=0, table_id="compare")]
+    notes = table.notes()
+    if notes:
+        parts.append("<h2>Not counted</h2><ul>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>")
+    parts += [f"<h2>{e(title)}</h2>{img(data, title)}" for title, data in figures.items()]
+    parts.append("<h2>Runs</h2>")
+    for _, run in sel.runs.iterrows():
+        status = run.excluded if isinstance(run.excluded, str) else run.status.lower()
+        head = (f'<h3>{e(run.column)}: <a href="{e(run_url(sel, ui_url, run))}">{e(run.run_id)}</a> '
+                f"{e(str(run.get('tags.mlflow.runName', '')))} ({e(status)})</h3>")
+        shots = "".join(f"<figure>{img(data, path)}<figcaption>{e(path)}</figcaption></figure>"
+                        for path, data in thumbnails(sel, run.run_id, thumbs))
+        parts.append(f'<section class="run">{head}{shots or ("<p>no plots</p>" if thumbs else "")}</section>')
+    body = "\n".join(parts)
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>imgexp comparison</title>'
+            f"<style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n")

@@ -1,0 +1,38 @@
+"""One-line error messages, the way imgexp reports every failure on the command line and in MLflow."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+
+def describe(err: BaseException) -> str:
+    """First line of the error plus, for config errors, the first line of their OmegaConf cause."""
+    text = str(err).strip()
+    parts = [text.splitlines()[0] if text else type(err).__name__]
+    cause = getattr(err.__cause__, "msg", None)
+    if cause:
+        parts.append(str(cause).strip().splitlines()[0])
+    options = getattr(err, "options", None)  # Hydra's MissingConfigException lists a group's options
+    if options:
+        parts.append(f"(available: {', '.join(options)})")
+    return " ".join(parts)
+
+
+def one_line(err: BaseException) -> str:
+    """The line printed on stderr before a non-zero exit."""
+    return "imgexp: error: " + describe(err)
+
+
+def run_app(app: Callable[[], object]) -> None:
+    """Run a Hydra app so that any error is one line on stderr and exit 1 (``HYDRA_FULL_ERROR=1``: the
+    traceback). Hydra is told to raise composition errors to us instead of printing them."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        app()
+        return
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        app()
+    except Exception as err:  # noqa: BLE001 - every error becomes one line and a non-zero exit
+        print(one_line(err), file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,63 @@
+"""A sweep's MLflow parent run: opened by imgexp's sweepers before the first job, closed with a summary.
+
+Jobs find it through ``tracking.parent_run_id`` (an override the sweeper adds to every job), so it works
+whatever launcher runs them: in-process, joblib worker processes or SLURM jobs.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import DictConfig
+
+from imgexp.tracking.mlflow import SWEEP_ID_TAG, git_commit, tracking_uri
+
+SWEEPER_KEYS = ("tracking.parent_run_id=", "trial.")  # overrides the sweepers add to every job
+ROLE_TAG = "imgexp.role"  # "sweep" on parent runs
+SWEEPER_TAG = "imgexp.sweeper"  # grid | optuna
+
+
+class ParentRun:
+    """An open parent run; a no-op when the sweep's config has ``tracking.enabled=false``."""
+
+    def __init__(self, tracking: DictConfig, sweep_id: str, sweeper: str, arguments: list[str],
+                 run_id: Optional[str] = None) -> None:
+        self.run_id: Optional[str] = None
+        if not tracking.enabled:
+            return
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient(tracking_uri(tracking.uri))
+        if run_id:  # resuming: reopen the sweep's existing parent
+            self.client.update_run(run_id, status="RUNNING")
+            self.run_id = run_id
+            return
+        experiment = self.client.get_experiment_by_name(tracking.experiment)
+        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(tracking.experiment)
+        tags = {ROLE_TAG: "sweep", SWEEPER_TAG: sweeper, SWEEP_ID_TAG: sweep_id,
+                "imgexp.overrides": " ".join(arguments)}
+        commit = git_commit(Path(__file__).resolve().parent)
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+        self.run_id = self.client.create_run(experiment_id, run_name=f"sweep {sweep_id}", tags=tags).info.run_id
+
+    def child_override(self) -> list[str]:
+        """The override that makes a job's run a child of this one."""
+        return [f"tracking.parent_run_id={self.run_id}"] if self.run_id else []
+
+    def close(self, failed: bool, metrics: dict[str, float], tags: dict[str, str], files: dict[str, object]) -> None:
+        """Log the summary (metrics, tags, ``files`` as JSON/YAML/text artifacts) and end the run."""
+        if not self.run_id:
+            return
+        for key, value in metrics.items():
+            self.client.log_metric(self.run_id, key, value)
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, value)
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, content in files.items():
+                path = Path(tmp) / name
+                path.write_text(content if isinstance(content, str) else json.dumps(content, indent=2))
+                self.client.log_artifact(self.run_id, str(path))
+        self.client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED")

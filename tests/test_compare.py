@@ -1,0 +1,320 @@
+"""The comparison stage: tables rebuilt from MLflow runs alone match the values read back through MlflowClient,
+missing cells say why, and the outputs (Markdown, CSV, LaTeX, HTML) are written and logged to the sweep."""
+from __future__ import annotations
+
+import base64
+import fcntl
+import json
+import math
+import os
+import re
+import select
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_module
+from mlflow import MlflowClient
+from omegaconf import OmegaConf
+
+from imgexp.compare.config import REPORT_B, register
+from imgexp.compare.run import FILES, compare
+from imgexp.config import ConfigError
+
+from conftest import CONF, run_cli
+
+register()
+SWEEP = ("-m", "model=small_cnn,lenet", "seed=0,1", "epochs=1", "analysis=none", "data.subset=200", "progress=false")
+ERROR = "RuntimeError: loss is NaN at epoch 2"
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@dataclass
+class Store:
+    root: Path
+    uri: str
+    client: MlflowClient
+    parent_id: str
+
+    def sweep_runs(self, model: str) -> list[str]:
+        """Run ids of the sweep's jobs that trained ``model``."""
+        found = self.client.search_runs([self.client.get_run(self.parent_id).info.experiment_id],
+                                        f"tags.`mlflow.parentRunId` = '{self.parent_id}' and "
+                                        f"params.`model.name` = '{model}'")
+        return [r.info.run_id for r in found]
+
+
+def add_child(store: Store, model: str, tags: dict[str, str], epochs: list[dict[str, float]],
+              final: dict[str, float], status: str = "FINISHED") -> None:
+    """A child run of the sweep made with MlflowClient: per-epoch metrics at steps 1.., ``final`` once."""
+    parent = store.client.get_run(store.parent_id)
+    run_id = store.client.create_run(parent.info.experiment_id, tags={
+        "mlflow.parentRunId": store.parent_id, "imgexp.sweep_id": parent.data.tags["imgexp.sweep_id"], **tags,
+    }).info.run_id
+    store.client.log_param(run_id, "model.name", model)
+    store.client.log_param(run_id, "seed", "0")
+    for step, metrics in enumerate(epochs, start=1):
+        for key, value in metrics.items():
+            store.client.log_metric(run_id, key, value, step=step)
+    for key, value in final.items():
+        store.client.log_metric(run_id, key, value)
+    store.client.set_terminated(run_id, status)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Store:
+    """A grid sweep of 2 models x 2 seeds (1 epoch, 200 digits) and three more children of its parent run, as
+    imgexp records them: a job that failed after its first epoch (vgg_style), a run a pruner stopped
+    (mobilenet_v1), and a 3-epoch run that logged no test metrics (resnet18, best epoch 2)."""
+    root = tmp_path_factory.mktemp("store")
+    swept = run_cli(*SWEEP, cwd=root)
+    assert swept.returncode == 0, swept.stderr[-3000:]
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    (parent,) = client.search_runs([client.get_experiment_by_name("imgexp").experiment_id],
+                                   "tags.`imgexp.role` = 'sweep'")
+    store = Store(root, uri, client, parent.info.run_id)
+    add_child(store, "vgg_style", {"imgexp.error": ERROR}, [{"train/acc": 0.1, "val/acc": 0.1}], {}, "FAILED")
+    add_child(store, "mobilenet_v1", {"imgexp.status": "pruned"}, [{"train/acc": 0.5, "val/acc": 0.4}], {})
+    add_child(store, "resnet18", {}, [
+        {"train/acc": 0.3, "train/loss": 2.0, "val/acc": 0.5, "val/loss": 1.5},
+        {"train/acc": 0.6, "train/loss": 1.0, "val/acc": 0.7, "val/loss": 0.9},
+        {"train/acc": 0.9, "train/loss": 0.5, "val/acc": 0.6, "val/loss": 1.1},
+    ], {"val/best_epoch": 2.0})
+    return store
+
+
+def run_compare(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "HYDRA_FULL_ERROR")}
+    return subprocess.run([sys.executable, "-m", "imgexp.compare", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def cli(store):
+    """``python -m imgexp.compare sweep=latest`` in the sweep's directory: its result and output dir."""
+    done = run_compare("sweep=latest", cwd=store.root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (out,) = (store.root / "compare").glob("*/*")
+    return done, out
+
+
+def settings(*overrides: str):
+    """The validated CompareConfig that ``python -m imgexp.compare <overrides>`` would run."""
+    with initialize_config_module(config_module="imgexp.conf", version_base=None):
+        return OmegaConf.to_object(compose(config_name="compare", overrides=list(overrides)))
+
+
+def expected(store: Store, model: str, metric: str) -> tuple[float, float, int]:
+    """Mean, std and count over the model's sweep runs, each value read back at the run's best epoch."""
+    values = []
+    for run_id in store.sweep_runs(model):
+        run = store.client.get_run(run_id)
+        if metric.startswith("test/"):
+            values.append(run.data.metrics[metric])
+        else:
+            best = run.data.metrics["val/best_epoch"]
+            (value,) = [m.value for m in store.client.get_metric_history(run_id, metric) if m.step == best]
+            values.append(value)
+    return statistics.mean(values), statistics.stdev(values), len(values)
+
+
+def cells(out: Path) -> pd.DataFrame:
+    return pd.read_csv(out / "table.csv", keep_default_na=False, na_values=[""]).set_index(["metric", "column"])
+
+
+def test_cli_table_matches_mlflow(store, cli):
+    done, out = cli
+    table = cells(out)
+    assert re.search(r"\| model +\| small_cnn +\| lenet +\| vgg_style +\| mobilenet_v1 +\| resnet18 +\|", done.stdout)
+    for model in ("small_cnn", "lenet"):
+        assert len(store.sweep_runs(model)) == 2
+        for metric in REPORT_B:
+            mean, std, n = expected(store, model, metric)
+            cell = table.loc[(metric, model)]
+            assert (cell["mean"], cell["std"], cell["n"]) == (pytest.approx(mean), pytest.approx(std), n)
+            assert f"{mean:.4f} ± {std:.4f} (n=2)" in done.stdout
+    assert (out / "table.md").read_text() in done.stdout
+    assert f"| {REPORT_B['test/acc']} " in done.stdout  # rows carry report B's labels
+
+
+def test_missing_cells_say_why(cli):
+    done, out = cli
+    table = cells(out)
+    for metric in REPORT_B:
+        assert table.loc[(metric, "vgg_style"), "n"] == 0
+        assert table.loc[(metric, "vgg_style"), "missing"] == f"failed: {ERROR}"
+        assert table.loc[(metric, "mobilenet_v1"), "missing"] == "pruned"
+    for metric in ("test/loss", "test/acc", "test/top2", "test/f1_macro"):
+        assert table.loc[(metric, "resnet18"), "missing"] == "not logged"
+    best = table.loc[("train/acc", "resnet18")]  # at val/best_epoch = 2, not the last epoch
+    assert (best["mean"], best["n"]) == (pytest.approx(0.6), 1) and math.isnan(best["std"])
+    assert f"failed: {ERROR}" in done.stdout and "| pruned " in done.stdout and "| not logged " in done.stdout
+
+
+def test_outputs_written_and_logged_to_parent(store, cli):
+    _, out = cli
+    assert all((out / name).stat().st_size > 0 for name in FILES)
+    logged = {item.path: item.file_size for item in store.client.list_artifacts(store.parent_id, "compare")}
+    assert logged == {f"compare/{name}": (out / name).stat().st_size for name in FILES}
+    latex = (out / "table.tex").read_text()
+    assert r"\begin{tabular}" in latex and r"small\_cnn" in latex and r"$\pm$" in latex
+
+
+def test_last_epoch_and_column_combination(store, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)  # the default store; restored afterwards
+    before = store.client.list_artifacts(store.parent_id)
+    compare(settings("experiment=imgexp", "columns=[model,seed]", "epoch=last", "metrics=[train/acc,test/acc]"),
+            tmp_path)
+    table = cells(tmp_path)
+    for model in ("small_cnn", "lenet"):
+        for run_id in store.sweep_runs(model):
+            run = store.client.get_run(run_id)
+            cell = table.loc[("train/acc", f"model={model}, seed={run.data.params['seed']}")]
+            assert (cell["mean"], cell["n"]) == (pytest.approx(run.data.metrics["train/acc"]), 1)
+    assert table.loc[("train/acc", "model=resnet18, seed=0"), "mean"] == pytest.approx(0.9)  # the last epoch
+    assert set(table.index.get_level_values("column")) == {
+        f"model={m}, seed={s}" for m in ("small_cnn", "lenet") for s in (0, 1)
+    } | {"model=vgg_style, seed=0", "model=mobilenet_v1, seed=0", "model=resnet18, seed=0"}  # no parent run
+    assert store.client.list_artifacts(store.parent_id) == before  # not a sweep selection: nothing logged
+
+
+def test_select_by_tags_and_filter(store, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
+    compare(settings("tags={imgexp.model: lenet}", "filter=\"params.seed = '1'\"", "metrics=[test/acc]"), tmp_path)
+    (run_id,) = [r for r in store.sweep_runs("lenet") if store.client.get_run(r).data.params["seed"] == "1"]
+    (cell,) = cells(tmp_path).itertuples()
+    assert (cell.Index, cell.mean, cell.n) == (("test/acc", "lenet"),
+                                               pytest.approx(store.client.get_run(run_id).data.metrics["test/acc"]), 1)
+
+
+@pytest.mark.parametrize("overrides,error,message", [
+    (["filter=\"params.seed = '99'\""], LookupError, "no runs match filter: params.seed = '99'"),
+    (["metrics=[test/acc,test/nope]"], ConfigError, "metrics: 'test/nope' not logged by any selected run"),
+    (["sweep=nope"], ConfigError, "sweep: no run id or imgexp.sweep_id 'nope'"),
+    (["columns=nope"], ConfigError, "columns: 'nope' is not a config key"),
+])
+def test_bad_selection_raises(store, tmp_path, monkeypatch, overrides, error, message):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
+    with pytest.raises(error, match=re.escape(message)):
+        compare(settings(*overrides), tmp_path)
+
+
+def test_bad_input_is_one_line_and_exit_1(store):
+    done = run_compare("experiment=nope", cwd=store.root)
+    assert done.returncode == 1
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("imgexp: error: experiment: no experiment 'nope' (available: ") and "imgexp" in line[55:]
+
+
+def test_compare_yaml_documents_itself():
+    header = (CONF / "compare.yaml").read_text().split("defaults:")[0]
+    assert header.startswith("# ") and "python -m imgexp.compare" in header
+
+
+class Chromium:
+    """Headless Chromium driven over the DevTools protocol on a pipe (its fds 3 and 4): no extra dependency."""
+
+    FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--remote-debugging-pipe", "--window-size=1280,1600"]
+
+    def __init__(self, profile: Path) -> None:
+        commands, self._to = os.pipe()
+        self._from, replies = os.pipe()
+
+        def on_fds_3_and_4() -> None:
+            high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (commands, replies)]
+            os.dup2(high[0], 3)
+            os.dup2(high[1], 4)
+
+        self.proc = subprocess.Popen([str(CHROMIUM), *self.FLAGS, f"--user-data-dir={profile}"],
+                                    preexec_fn=on_fds_3_and_4, pass_fds=(3, 4),
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(commands)
+        os.close(replies)
+        self._buffer, self._id, self.events = b"", 0, []
+        target = self.send("Target.createTarget", url="about:blank")["targetId"]
+        self.session = self.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        for domain in ("Page", "Runtime", "Log"):
+            self.send(f"{domain}.enable", self.session)
+
+    def _message(self, deadline: float) -> dict:
+        while b"\0" not in self._buffer:
+            if not select.select([self._from], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                raise TimeoutError("Chromium did not answer")
+            chunk = os.read(self._from, 1 << 20)
+            assert chunk, "Chromium closed the DevTools pipe"
+            self._buffer += chunk
+        message, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(message)
+
+    def send(self, method: str, session: str | None = None, **params) -> dict:
+        self._id += 1
+        command = {"id": self._id, "method": method, "params": params, **({"sessionId": session} if session else {})}
+        os.write(self._to, json.dumps(command).encode() + b"\0")
+        deadline = time.monotonic() + 30
+        while (message := self._message(deadline)).get("id") != self._id:
+            self.events.append(message)
+        assert "error" not in message, f"{method}: {message['error']}"
+        return message["result"]
+
+    def open(self, url: str) -> list[str]:
+        """Load ``url``; return its console errors, uncaught exceptions and failed loads."""
+        self.events.clear()
+        self.send("Page.navigate", self.session, url=url)
+        deadline = time.monotonic() + 30
+        while not any(e.get("method") == "Page.loadEventFired" for e in self.events):
+            self.events.append(self._message(deadline))
+        errors = []
+        for event in self.events:
+            method, params = event.get("method"), event.get("params", {})
+            if method == "Runtime.consoleAPICalled" and params["type"] in ("error", "assert"):
+                errors.append(" ".join(str(a.get("value")) for a in params["args"]))
+            elif method == "Runtime.exceptionThrown":
+                errors.append(params["exceptionDetails"]["text"])
+            elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
+                errors.append(f"{params['entry']['text']} {params['entry'].get('url', '')}")
+        return errors
+
+    def evaluate(self, expression: str):
+        return self.send("Runtime.evaluate", self.session, expression=expression, returnByValue=True)["result"]["value"]
+
+    def screenshot(self, path: Path) -> None:
+        shot = self.send("Page.captureScreenshot", self.session, format="png", captureBeyondViewport=True)
+        path.write_bytes(base64.b64decode(shot["data"]))
+
+    def close(self) -> None:
+        self.send("Browser.close")
+        self.proc.wait(timeout=30)
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium package (/usr/bin/chromium)")
+def test_html_report_opens_in_chromium(cli, tmp_path):
+    _, out = cli
+    page = (out / "report.html").read_text()
+    sources = re.findall(r'src="([^"]*)"', page)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)  # self-contained
+    assert "<script" not in page and "<link" not in page
+    assert page.count("<figcaption>plots/learning_curves.png</figcaption>") == 4  # each trained run's plots
+    broken = tmp_path / "broken.html"  # a page with a console error and a missing image: both must be seen
+    broken.write_text('<!DOCTYPE html><meta charset="utf-8"><script>console.error("on purpose")</script>'
+                      '<img src="missing.png">')
+    browser = Chromium(tmp_path / "profile")
+    try:
+        assert browser.open((out / "report.html").as_uri()) == []
+        assert browser.evaluate("document.querySelectorAll('#compare tbody tr').length") == len(REPORT_B)
+        assert browser.evaluate("[...document.querySelectorAll('#compare thead th')].map(th => th.textContent)") == [
+            "model", "small_cnn", "lenet", "vgg_style", "mobilenet_v1", "resnet18"]
+        assert browser.evaluate("[...document.images].every(img => img.complete && img.naturalWidth > 0)")
+        browser.screenshot(tmp_path / "report.png")
+        errors = browser.open(broken.as_uri())
+        assert any("on purpose" in e for e in errors) and any("missing.png" in e for e in errors), errors
+    finally:
+        browser.close()
+    assert (tmp_path / "report.png").stat().st_size > 10_000

@@ -1,0 +1,210 @@
+"""Sweeps: grid multiruns and the Optuna sweeper, read back from MLflow and from the Optuna storage."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from conftest import run_cli
+from hydra_plugins.imgexp_optuna_sweeper.study_lock import StudyLock
+
+FAST = ["analysis=none", "progress=false", "data.subset=200"]
+OPTUNA = ["hydra/sweeper=optuna", "hydra.sweeper.heartbeat_interval=1"]
+
+
+def sweep_runs(workdir: Path, experiment: str):
+    """(parent runs, child runs) of an experiment in the working directory's MLflow store."""
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("imgexp.role") == "sweep"]
+    children = [r for r in runs if r not in parents]
+    return parents, children
+
+
+def assert_children_of(parent, children, n: int):
+    assert len(children) == n
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    assert {r.data.tags["imgexp.sweep_id"] for r in children} == {parent.data.tags["imgexp.sweep_id"]}
+
+
+# ------------------------------------------------------------------ grid
+def test_grid_sweep_has_one_parent_run_for_all_jobs(workdir):
+    proc = run_cli("-m", "epochs=1,2", "batch=32,128", *FAST, "tracking.experiment=grid", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (parent,), children = sweep_runs(workdir, "grid")
+    assert_children_of(parent, children, 4)
+    assert all(r.info.status == "FINISHED" for r in children)
+    combos = sorted((int(r.data.params["epochs"]), int(r.data.params["batch"])) for r in children)
+    assert combos == [(e, b) for e in (1, 2) for b in (32, 128)]
+    assert all("tracking.parent_run_id" not in r.data.tags["imgexp.overrides"] for r in children)
+    assert parent.info.status == "FINISHED" and parent.data.tags["imgexp.sweeper"] == "grid"
+    assert parent.data.metrics["sweep/completed"] == 4 and parent.data.metrics["sweep/failed"] == 0
+    assert "batch=32,128" in parent.data.tags["imgexp.overrides"]
+
+
+def test_grid_sweep_records_a_failing_job_and_goes_on(workdir):
+    proc = run_cli("-m", "epochs=1", "optimizer.lr=1e12,0.001", *FAST, "tracking.experiment=fail", cwd=workdir)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("imgexp: error: 1 of 2 jobs failed") and "optimizer.lr=1000000000000.0" in last
+    assert "training loss is nan" in last and "Traceback" not in proc.stderr
+    (parent,), children = sweep_runs(workdir, "fail")
+    assert_children_of(parent, children, 2)
+    by_lr = {float(r.data.params["optimizer.lr"]): r for r in children}
+    assert by_lr[1e12].info.status == "FAILED" and "training loss is nan" in by_lr[1e12].data.tags["imgexp.error"]
+    assert by_lr[0.001].info.status == "FINISHED" and "test/acc" in by_lr[0.001].data.metrics
+    assert parent.info.status == "FAILED" and parent.data.metrics["sweep/failed"] == 1
+    (summary_file,) = glob.glob(str(workdir / "multirun/*/*/sweep_summary.json"))
+    summary = json.loads(Path(summary_file).read_text())
+    assert summary["completed"] == 1 and summary["failed"][0]["overrides"][1] == "optimizer.lr=1000000000000.0"
+
+
+@pytest.mark.parametrize("launcher", ["parallel", "slurm_local"])
+def test_grid_sweep_under_process_launchers(workdir, launcher):
+    proc = run_cli("-m", f"hydra/launcher={launcher}", "epochs=1", "seed=0,1", *FAST,
+                   "tracking.experiment=launch", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (parent,), children = sweep_runs(workdir, "launch")
+    assert_children_of(parent, children, 2)
+    assert sorted(r.data.params["seed"] for r in children) == ["0", "1"]
+    assert all(r.info.status == "FINISHED" for r in children)
+
+
+# ------------------------------------------------------------------ optuna
+def study_of(workdir: Path, name: str, storage: str | None = None) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage or f"sqlite:///{workdir}/optuna/{name}.db")
+
+
+def counted(study: optuna.Study) -> list:
+    """The trials that count towards n_trials: all but interrupted ones (FAIL without an error)."""
+    return [t for t in study.trials if not (t.state == TrialState.FAIL and "imgexp.error" not in t.user_attrs)]
+
+
+def test_optuna_median_pruner_prunes_the_hopeless_trials(workdir):
+    proc = run_cli("-m", *OPTUNA, "hydra.sweeper.study_name=prune", "hydra.sweeper.n_trials=6",
+                   "hydra.sweeper.pruner=median", "hydra.sweeper.pruner_startup_trials=1", "hydra.sweeper.sampler=random",
+                   "hydra.sweeper.seed=0", "optimizer.lr=choice(0.003,1e-9)", "epochs=3", *FAST,
+                   "tracking.experiment=prune", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    study = study_of(workdir, "prune")
+    states = [t.state for t in study.trials]
+    assert len(states) == 6 and TrialState.PRUNED in states and TrialState.FAIL not in states
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    assert all(t.params["optimizer.lr"] == 1e-9 for t in pruned), "only the lr that cannot learn is pruned"
+    (parent,), children = sweep_runs(workdir, "prune")
+    assert_children_of(parent, children, 6)
+    by_trial = {int(r.data.tags["imgexp.trial"]): r for r in children}
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    for t in pruned:
+        run = by_trial[t.number]
+        assert run.info.status == "FINISHED" and run.data.tags["imgexp.status"] == "pruned"
+        assert len(client.get_metric_history(run.info.run_id, "val/acc")) < 3, "pruned before the last epoch"
+    best = study.best_trial
+    assert parent.data.metrics["sweep/best_value"] == pytest.approx(best.value)
+    assert parent.data.tags["best.optimizer.lr"] == str(best.params["optimizer.lr"])
+    results = json.loads(next(workdir.glob("multirun/*/*/optimization_results.json")).read_text())
+    assert results["best_trial"] == best.number and results["best_params"] == best.params
+
+
+def optuna_command(name: str, n_trials: int, experiment: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "imgexp", "-m", *OPTUNA, f"hydra.sweeper.study_name={name}",
+            f"hydra.sweeper.n_trials={n_trials}", "optimizer.lr=tag(log,interval(1e-4,1e-2))", "epochs=1", *FAST,
+            f"tracking.experiment={experiment}", *extra]
+
+
+def env():
+    return {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "HYDRA_FULL_ERROR")}
+
+
+def test_optuna_sweep_killed_and_rerun_ends_with_n_trials(workdir):
+    cmd = optuna_command("resume", 5, "resume")
+    first = subprocess.Popen(cmd, cwd=workdir, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lock = StudyLock(f"sqlite:///{workdir}/optuna/resume.db", "resume")  # as a worker would, not mid-creation
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        time.sleep(0.5)
+        if (workdir / "optuna/resume.db").exists():
+            with lock.held():
+                try:
+                    if sum(t.state == TrialState.COMPLETE for t in study_of(workdir, "resume").trials) >= 2:
+                        break
+                except KeyError:  # no study yet
+                    pass
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    done_before = len(study_of(workdir, "resume").trials)
+    assert 2 <= done_before < 5
+    rerun = subprocess.run(cmd, cwd=workdir, env=env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    study = study_of(workdir, "resume")
+    assert len(counted(study)) == 5 and all(t.state == TrialState.COMPLETE for t in counted(study))
+    for lost in (t for t in study.trials if t not in counted(study)):  # killed mid-trial: run again
+        (retry,) = [t for t in study.trials if t.user_attrs.get("imgexp.retry_of") == lost.number]
+        assert retry.params == lost.params
+    (parent,), children = sweep_runs(workdir, "resume")
+    finished = [r for r in children if r.info.status == "FINISHED"]
+    assert sorted(int(r.data.tags["imgexp.trial"]) for r in finished) == sorted(t.number for t in counted(study))
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}, "one parent across reruns"
+    assert len({p.name for p in workdir.glob("multirun/*/*")}) == 2, "the rerun writes to a new sweep directory"
+
+
+def run_two_workers(workdir: Path, cmd: list[str]) -> None:
+    workers = [subprocess.Popen(cmd, cwd=workdir, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True) for _ in range(2)]
+    for w in workers:
+        _, err = w.communicate(timeout=300)
+        assert w.returncode == 0, err[-2000:]
+
+
+def assert_shared_study(workdir: Path, study: optuna.Study, experiment: str, n: int) -> None:
+    assert len(study.trials) == n and all(t.state == TrialState.COMPLETE for t in study.trials)
+    (parent,), children = sweep_runs(workdir, experiment)
+    assert_children_of(parent, children, n)
+    assert sorted(int(r.data.tags["imgexp.trial"]) for r in children) == list(range(n)), "one run per trial"
+    assert len({r.data.params["optimizer.lr"] for r in children}) == n
+
+
+def test_two_workers_share_one_sqlite_study(workdir):
+    run_two_workers(workdir, optuna_command("shared", 5, "shared"))
+    assert_shared_study(workdir, study_of(workdir, "shared"), "shared", 5)
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A throwaway PostgreSQL server on a free local port (Debian's postgresql package; .ci/run installs it)."""
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    if not bins:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    data = tempfile.mkdtemp(prefix="imgexp-pg-")
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_postgres:
+        shutil.chown(data, "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run([*as_postgres, f"{bins[-1]}/initdb", "-D", data, "-A", "trust", "-U", "postgres"], check=True,
+                   capture_output=True)
+    subprocess.run([*as_postgres, f"{bins[-1]}/pg_ctl", "-D", data, "-w", "-l", f"{data}/log", "-o",
+                    f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    subprocess.run([*as_postgres, f"{bins[-1]}/pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True)
+    shutil.rmtree(data, ignore_errors=True)
+
+
+def test_two_workers_share_one_postgresql_study(workdir, postgres_url):
+    run_two_workers(workdir, optuna_command("pg", 5, "pg", f"hydra.sweeper.storage={postgres_url}"))
+    assert_shared_study(workdir, study_of(workdir, "pg", postgres_url), "pg", 5)
