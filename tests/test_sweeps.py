@@ -156,6 +156,7 @@ def test_optuna_sweep_killed_and_rerun_ends_with_n_trials(workdir):
         (retry,) = [t for t in study.trials if t.user_attrs.get("imgexp.retry_of") == lost.number]
         assert retry.params == lost.params
     (parent,), children = sweep_runs(workdir, "resume")
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in children), "the killed trial's run is closed"
     finished = [r for r in children if r.info.status == "FINISHED"]
     assert sorted(int(r.data.tags["imgexp.trial"]) for r in finished) == sorted(t.number for t in counted(study))
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}, "one parent across reruns"

@@ -139,7 +139,7 @@ class OptunaSweeper(Sweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         job_overrides = fixed + parent.child_override() + [f"trial.storage={quote(url)}", f"trial.study={quote(name)}"]
-        run = _Run(self, study, storage, lock, space, job_overrides, n_trials)
+        run = _Run(self, study, storage, lock, parent, space, job_overrides, n_trials)
         try:
             run.loop()
         except BaseException:
@@ -169,9 +169,9 @@ def results(study: optuna.Study) -> dict:
 class _Run:
     """One process's share of a study: claim, launch, record, until the study has ``n_trials``."""
 
-    def __init__(self, sweeper: OptunaSweeper, study: optuna.Study, storage, lock: StudyLock, space: dict,
-                 overrides: list[str], n_trials: int) -> None:
-        self.sweeper, self.study, self.storage, self.lock = sweeper, study, storage, lock
+    def __init__(self, sweeper: OptunaSweeper, study: optuna.Study, storage, lock: StudyLock, parent: ParentRun,
+                 space: dict, overrides: list[str], n_trials: int) -> None:
+        self.sweeper, self.study, self.storage, self.lock, self.parent = sweeper, study, storage, lock, parent
         self.space, self.overrides, self.n_trials = space, overrides, n_trials
         parallel = sweeper.cfg.n_jobs > 1 and not isinstance(sweeper.launcher, BasicLauncher)
         if sweeper.cfg.n_jobs > 1 and not parallel:
@@ -194,6 +194,7 @@ class _Run:
                 if interrupted(t) and t.number not in retried:
                     log.info("trial %d was interrupted: running it again", t.number)
                     self.study.enqueue_trial(t.params, user_attrs={RETRY_ATTR: t.number})
+                    self.parent.end_lost_runs(t.number)
             trials = self.study.get_trials(deepcopy=False)
             waiting = any(t.state == TrialState.WAITING for t in trials)
             if sum(not interrupted(t) for t in trials) >= self.n_trials and not waiting:

@@ -47,6 +47,17 @@ class ParentRun:
         """The override that makes a job's run a child of this one."""
         return [f"tracking.parent_run_id={self.run_id}"] if self.run_id else []
 
+    def end_lost_runs(self, trial_number: int) -> None:
+        """Mark KILLED the still-RUNNING child run of a trial whose worker died without closing it."""
+        if not self.run_id:
+            return
+        experiment_id = self.client.get_run(self.run_id).info.experiment_id
+        lost = self.client.search_runs(
+            [experiment_id], f"tags.`mlflow.parentRunId` = '{self.run_id}' and tags.`imgexp.trial` = "
+                             f"'{trial_number}' and attributes.status = 'RUNNING'")
+        for run in lost:
+            self.client.set_terminated(run.info.run_id, "KILLED")
+
     def close(self, failed: bool, metrics: dict[str, float], tags: dict[str, str], files: dict[str, object]) -> None:
         """Log the summary (metrics, tags, ``files`` as JSON/YAML/text artifacts) and end the run."""
         if not self.run_id:
