@@ -58,7 +58,11 @@ def curves_figure(curves: pd.DataFrame, columns: list[str], key: str):
         sns.lineplot(curves[curves.metric == metric], x="epoch", y="value", hue=key, hue_order=columns,
                      style="split", style_order=["train", "val"], units="run", estimator=None, marker="o", ax=ax)
         ax.set(title=metric, ylabel=metric)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        epochs = sorted(curves.epoch.unique())
+        if len(epochs) <= 12:  # whole epochs only, also for a single one
+            ax.set_xticks(epochs)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     return fig
 
