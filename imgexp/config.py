@@ -365,11 +365,12 @@ class TrialConfig:
 
 
 # ---------------------------------------------------------------- root
-def metric_list(optimized_metric: Any) -> list:
-    """``optimized_metric`` as a list: one name, or several for a multi-objective sweep."""
-    if isinstance(optimized_metric, str):
-        return [optimized_metric]
-    return list(optimized_metric)
+def as_list(value: Any) -> list:
+    """A config value that may be one item or several (``optimized_metric``, compare's ``columns``) as a
+    list: a scalar as one item, None as none, a list or ListConfig as it is."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, (str, int, float, bool)) else list(value)
 
 
 @dataclass
@@ -396,7 +397,7 @@ class Config:
         require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
         require(self.batch >= 1, "batch", f"must be >= 1, got {self.batch}")
         require(self.topk >= 1, "topk", f"must be >= 1, got {self.topk}")
-        for metric in metric_list(self.optimized_metric):
+        for metric in as_list(self.optimized_metric):
             require(isinstance(metric, str) and metric.split("/")[0] in ("train", "val", "test"), "optimized_metric",
                     f"must be train/, val/ or test/ metrics, got {self.optimized_metric!r}")
         require(

@@ -17,7 +17,7 @@ from imgexp import losses
 from imgexp.analysis import confusion_figure, learning_curves_figure
 from imgexp.analysis.report import Artifacts, final_artifacts, tsne_artifacts
 from imgexp.data.split import stratified_subset
-from imgexp.config import ConfigError, metric_list, validate
+from imgexp.config import ConfigError, as_list, validate
 from imgexp.models import create_model
 from imgexp.optim import build_optimizer, build_scheduler
 from imgexp.tracking import start_run
@@ -118,7 +118,7 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Sequence[str] = ()) 
     if cfg.trial.number is not None:
         tags["imgexp.trial"] = str(cfg.trial.number)
     run_name = cfg.tracking.run_name or f"{cfg.model.name}-{cfg.data.name}"
-    metrics = metric_list(cfg.optimized_metric)
+    metrics = as_list(cfg.optimized_metric)
     with start_run(cfg.tracking.enabled, cfg.tracking.uri, cfg.tracking.experiment, run_name,
                    flat_params(cfg), tags, cfg.tracking.parent_run_id) as tracker:
         job = build(cfg)

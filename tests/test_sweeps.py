@@ -19,7 +19,11 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from conftest import run_cli
+from hydra.core.utils import JobReturn, JobStatus
+from hydra_plugins.imgexp_grid_sweeper.grid_sweeper import failure
+from hydra_plugins.imgexp_optuna_sweeper.optuna_sweeper import outcome
 from hydra_plugins.imgexp_optuna_sweeper.study_lock import StudyLock
+from imgexp.tracking.trial import TrialPruned
 
 FAST = ["analysis=none", "progress=false", "data.subset=200"]
 OPTUNA = ["hydra/sweeper=optuna", "hydra.sweeper.heartbeat_interval=1"]
@@ -85,6 +89,23 @@ def test_grid_sweep_under_process_launchers(workdir, launcher):
 
 
 # ------------------------------------------------------------------ optuna
+@pytest.mark.parametrize("status,value,state,values,error", [
+    (JobStatus.COMPLETED, 0.75, TrialState.COMPLETE, [0.75], None),
+    (JobStatus.COMPLETED, [0.75, 3], TrialState.COMPLETE, [0.75, 3], None),
+    (JobStatus.COMPLETED, float("nan"), TrialState.FAIL, [], "the job returned [nan], not finite numbers"),
+    (JobStatus.FAILED, TrialPruned("pruned at epoch 2"), TrialState.PRUNED, [], "pruned at epoch 2"),
+    (JobStatus.FAILED, RuntimeError("boom"), TrialState.FAIL, [], "boom"),
+])
+def test_what_a_finished_job_tells_its_trial(status, value, state, values, error):
+    ret = JobReturn(overrides=["optimizer.lr=0.1", "tracking.parent_run_id=abc", "trial.number=3"], status=status,
+                    _return_value=value)
+    got_state, got_values, got_error = outcome(ret)
+    assert (got_state, got_values) == (state, values)
+    assert (got_error is None) == (error is None) and (error is None or str(got_error) == error)
+    if got_state == TrialState.FAIL:  # what the sweep summary records: the user's overrides and the error
+        assert failure(ret, got_error) == {"job": None, "overrides": ["optimizer.lr=0.1"], "error": error}
+
+
 def study_of(workdir: Path, name: str, storage: str | None = None) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=storage or f"sqlite:///{workdir}/optuna/{name}.db")
 

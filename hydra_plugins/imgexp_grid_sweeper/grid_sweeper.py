@@ -18,6 +18,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
 from imgexp.errors import describe
+from imgexp.tracking.mlflow import ERROR_TAG
 from imgexp.tracking.sweep import SWEEPER_KEYS, ParentRun
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,11 @@ def job_error(ret: JobReturn) -> Optional[BaseException]:
     return ret._return_value if ret.status == JobStatus.FAILED else None
 
 
-def failure(ret: JobReturn) -> dict[str, Any]:
-    asked = [o for o in ret.overrides if not o.startswith(SWEEPER_KEYS)]
-    return {"job": ret.hydra_cfg.hydra.job.num, "overrides": asked, "error": describe(job_error(ret))}
+def failure(ret: JobReturn, error: BaseException) -> dict[str, Any]:
+    """A failed job for the summary: its number, the overrides the user asked for, the one-line error."""
+    asked = [o for o in ret.overrides or [] if not o.startswith(SWEEPER_KEYS)]
+    return {"job": ret.hydra_cfg.hydra.job.num if ret.hydra_cfg else None, "overrides": asked,
+            "error": describe(error)}
 
 
 def finish(counts: dict[str, int], failed: list[dict], sweep_dir: Path, parent: ParentRun,
@@ -61,10 +64,11 @@ def finish(counts: dict[str, int], failed: list[dict], sweep_dir: Path, parent: 
     sweep_dir.mkdir(parents=True, exist_ok=True)
     for name, content in files.items():
         (sweep_dir / name).write_text(json.dumps(content, indent=2))
+    written = [sweep_dir / name for name in files]
     metrics = {f"sweep/{k}": float(v) for k, v in counts.items()}
     if results and "best_value" in results:
         metrics["sweep/best_value"] = float(results["best_value"])
-    parent.close(bool(failed), metrics, tags, files)
+    parent.close(bool(failed), metrics, tags, written)
     if failed:
         raise SweepFailed(f"{len(failed)} of {counts.get('jobs', counts.get('trials'))} jobs failed "
                           f"(details in {sweep_dir / 'sweep_summary.json'}); first: "
@@ -88,9 +92,9 @@ class GridSweeper(BasicSweeper):
                 self.validate_batch_is_legal(batch)
                 returns.extend(self.launcher.launch(batch, initial_job_idx=len(returns)))
         except BaseException:
-            parent.close(True, {}, {"imgexp.error": "sweep interrupted"}, {})
+            parent.close(True, {}, {ERROR_TAG: "sweep interrupted"}, [])
             raise
-        failed = [failure(r) for r in returns if job_error(r) is not None]
+        failed = [failure(r, job_error(r)) for r in returns if job_error(r) is not None]
         finish({"jobs": len(returns), "completed": len(returns) - len(failed), "failed": len(failed)},
                failed, sweep_dir, parent)
         return [returns]

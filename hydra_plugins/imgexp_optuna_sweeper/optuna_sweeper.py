@@ -38,19 +38,39 @@ from hydra_plugins.imgexp_optuna_sweeper.config import OptunaSweeperConf
 from hydra_plugins.imgexp_optuna_sweeper.search_space import as_override, grid, quote, split
 from hydra_plugins.imgexp_optuna_sweeper.study_lock import StudyLock
 from imgexp.errors import describe
+from imgexp.tracking.mlflow import ERROR_TAG
 from imgexp.tracking.sweep import ParentRun
 from imgexp.tracking.trial import PRUNER_ATTR, PRUNERS, build_pruner
 
 log = logging.getLogger(__name__)
-ERROR_ATTR = "imgexp.error"  # on trials that failed in their job (not interrupted)
 RETRY_ATTR = "imgexp.retry_of"  # on a trial re-running an interrupted one
 PARENT_ATTR = "imgexp.parent_run_id"  # study user attr
 SAMPLERS = ("tpe", "random", "cmaes", "grid", "nsgaii")
 
 
 def interrupted(trial: optuna.trial.FrozenTrial) -> bool:
-    """Failed without an error of its own: its worker died or was stopped."""
-    return trial.state == TrialState.FAIL and ERROR_ATTR not in trial.user_attrs
+    """Failed without an error of its own (user attr ``imgexp.error``): its worker died or was stopped."""
+    return trial.state == TrialState.FAIL and ERROR_TAG not in trial.user_attrs
+
+
+def not_yet_retried(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """The interrupted trials that no trial re-runs yet."""
+    retried = {t.user_attrs.get(RETRY_ATTR) for t in trials}
+    return [t for t in trials if interrupted(t) and t.number not in retried]
+
+
+def outcome(ret: JobReturn) -> tuple[TrialState, list[float], Optional[BaseException]]:
+    """What a finished job tells its trial: PRUNED; COMPLETE with its values; or FAIL with the error (an
+    exception, or values that are not finite numbers)."""
+    error = job_error(ret)
+    if isinstance(error, optuna.TrialPruned):
+        return TrialState.PRUNED, [], error
+    if error is not None:
+        return TrialState.FAIL, [], error
+    values = list(ret.return_value) if isinstance(ret.return_value, (list, tuple)) else [ret.return_value]
+    if all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+        return TrialState.COMPLETE, values, None
+    return TrialState.FAIL, [], ValueError(f"the job returned {values}, not finite numbers")
 
 
 class OptunaSweeper(Sweeper):
@@ -144,7 +164,7 @@ class OptunaSweeper(Sweeper):
             run.loop()
         except BaseException:
             run.abandon()
-            parent.close(True, {}, {"imgexp.error": "sweep interrupted"}, {})
+            parent.close(True, {}, {ERROR_TAG: "sweep interrupted"}, [])
             raise
         finish(run.counts(), run.failed, sweep_dir, parent, results(study))
         return run.returns
@@ -188,13 +208,10 @@ class _Run:
         """Next trial of the study: a retry of an interrupted one first; None once n_trials are taken."""
         with self.lock.held():
             optuna.storages.fail_stale_trials(self.study)
-            trials = self.study.get_trials(deepcopy=False)
-            retried = {t.user_attrs.get(RETRY_ATTR) for t in trials}
-            for t in trials:
-                if interrupted(t) and t.number not in retried:
-                    log.info("trial %d was interrupted: running it again", t.number)
-                    self.study.enqueue_trial(t.params, user_attrs={RETRY_ATTR: t.number})
-                    self.parent.end_lost_runs(t.number)
+            for t in not_yet_retried(self.study.get_trials(deepcopy=False)):
+                log.info("trial %d was interrupted: running it again", t.number)
+                self.study.enqueue_trial(t.params, user_attrs={RETRY_ATTR: t.number})
+                self.parent.end_lost_runs(t.number)
             trials = self.study.get_trials(deepcopy=False)
             waiting = any(t.state == TrialState.WAITING for t in trials)
             if sum(not interrupted(t) for t in trials) >= self.n_trials and not waiting:
@@ -210,25 +227,20 @@ class _Run:
 
     def record(self, trial: optuna.Trial, ret: JobReturn) -> None:
         self.returns.append(ret)
-        error = job_error(ret)
-        if isinstance(error, optuna.TrialPruned):
-            self.study.tell(trial, state=TrialState.PRUNED)
+        state, values, error = outcome(ret)
+        if state == TrialState.COMPLETE:
+            self.study.tell(trial, values)
+            self.done["complete"] += 1
+            log.info("trial %d: %s with %s", trial.number, ", ".join(f"{v:.4f}" for v in values), trial.params)
+        elif state == TrialState.PRUNED:
+            self.study.tell(trial, state=state)
             self.done["pruned"] += 1
             log.info("trial %d pruned: %s", trial.number, error)
-            return
-        if error is None:
-            values = ret.return_value if isinstance(ret.return_value, (list, tuple)) else [ret.return_value]
-            if all(math.isfinite(v) for v in values):
-                self.study.tell(trial, list(values))
-                self.done["complete"] += 1
-                log.info("trial %d: %s with %s", trial.number, ", ".join(f"{v:.4f}" for v in values), trial.params)
-                return
-            error = ValueError(f"the job returned {values}")
-        trial.set_user_attr(ERROR_ATTR, describe(error))
-        self.study.tell(trial, state=TrialState.FAIL)
-        self.done["failed"] += 1
-        self.failed.append({**failure(ret), "trial": trial.number} if ret.hydra_cfg else
-                           {"job": trial.number, "overrides": [], "error": describe(error)})
+        else:
+            trial.set_user_attr(ERROR_TAG, describe(error))
+            self.study.tell(trial, state=state)
+            self.done["failed"] += 1
+            self.failed.append({**failure(ret, error), "trial": trial.number})
 
     def heartbeat(self) -> None:
         interval = self.sweeper.cfg.heartbeat_interval
@@ -274,9 +286,8 @@ class _Run:
     def others_running(self) -> bool:
         """Trials other workers still run (or that will turn out stale and be retried)."""
         optuna.storages.fail_stale_trials(self.study)
-        trials = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING, TrialState.FAIL))
-        retried = {t.user_attrs.get(RETRY_ATTR) for t in self.study.get_trials(deepcopy=False)}
-        return any(t.state != TrialState.FAIL or (interrupted(t) and t.number not in retried) for t in trials)
+        trials = self.study.get_trials(deepcopy=False)
+        return any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials) or bool(not_yet_retried(trials))
 
     def abandon(self) -> None:
         """Interrupted: leave this process's trials FAIL without an error, so a rerun retries them."""

@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from imgexp.config import require, require_choice
+from imgexp.config import as_list, require, require_choice
 
 # Report B's rows: metric -> row label.
 REPORT_B = {
@@ -20,13 +20,6 @@ REPORT_B = {
     "test/top2": "top-2 acc",
     "test/f1_macro": "macro F1",
 }
-
-
-def as_list(value: Any) -> list:
-    """A scalar as a one-item list; a list (or None, as empty) unchanged."""
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 @dataclass

@@ -12,8 +12,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
-from imgexp.compare.config import CompareConfig, as_list
-from imgexp.config import ConfigError
+from imgexp.compare.config import CompareConfig
+from imgexp.config import ConfigError, as_list
 from imgexp.tracking.mlflow import ERROR_TAG, STATUS_TAG, SWEEP_ID_TAG, tracking_uri
 from imgexp.tracking.sweep import ROLE_TAG
 

@@ -5,8 +5,6 @@ whatever launcher runs them: in-process, joblib worker processes or SLURM jobs.
 """
 from __future__ import annotations
 
-import json
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -58,17 +56,14 @@ class ParentRun:
         for run in lost:
             self.client.set_terminated(run.info.run_id, "KILLED")
 
-    def close(self, failed: bool, metrics: dict[str, float], tags: dict[str, str], files: dict[str, object]) -> None:
-        """Log the summary (metrics, tags, ``files`` as JSON/YAML/text artifacts) and end the run."""
+    def close(self, failed: bool, metrics: dict[str, float], tags: dict[str, str], files: list[Path]) -> None:
+        """Log the summary (metrics, tags, ``files`` as artifacts) and end the run."""
         if not self.run_id:
             return
         for key, value in metrics.items():
             self.client.log_metric(self.run_id, key, value)
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, value)
-        with tempfile.TemporaryDirectory() as tmp:
-            for name, content in files.items():
-                path = Path(tmp) / name
-                path.write_text(content if isinstance(content, str) else json.dumps(content, indent=2))
-                self.client.log_artifact(self.run_id, str(path))
+        for path in files:
+            self.client.log_artifact(self.run_id, str(path))
         self.client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED")
