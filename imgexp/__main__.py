@@ -27,6 +27,10 @@ def app(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     try:
         return run(cfg, hc.runtime.output_dir, hc.overrides.task)
+    except KeyboardInterrupt as err:
+        if getattr(err, "chain", None):  # the run is closed and resumable: now e.g. submitit's requeue
+            err.chain(err.signum, None)
+        raise
     except Exception as err:
         if FULL_ERROR or hc.mode == RunMode.MULTIRUN:
             raise

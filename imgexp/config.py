@@ -6,6 +6,8 @@ Hydra rejects unknown keys and wrong types while composing, and :func:`validate`
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
@@ -251,11 +253,34 @@ class RMSpropConfig(OptimizerConfig):
     eps: float = 1e-8
 
 
-# ---------------------------------------------------------------- scheduler (stepped once per epoch)
+# ---------------------------------------------------------------- scheduler
+SCHEDULER_INTERVALS = ("epoch", "step")
+
+
 @dataclass
 class SchedulerConfig:
+    """``interval``: stepped after every epoch or every optimizer step. ``length_arg``: the constructor
+    argument that receives the schedule's length in ``interval`` units (the run's, after warmup), e.g.
+    OneCycleLR's ``total_steps``. Both are imgexp's keys, not the scheduler's."""
+
     _target_: Optional[str] = None
     _partial_: bool = True
+    interval: str = "epoch"
+    length_arg: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        require_choice(self.interval, SCHEDULER_INTERVALS, "interval")
+
+
+@dataclass
+class OneCycleConfig(SchedulerConfig):
+    _target_: Optional[str] = "torch.optim.lr_scheduler.OneCycleLR"
+    interval: str = "step"
+    length_arg: Optional[str] = "total_steps"
+    max_lr: float = "${optimizer.lr}"  # type: ignore[assignment]
+    pct_start: float = 0.25
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
 
 
 @dataclass
@@ -277,6 +302,14 @@ class PlateauConfig(SchedulerConfig):
 class CosineConfig(SchedulerConfig):
     _target_: Optional[str] = "torch.optim.lr_scheduler.CosineAnnealingLR"
     T_max: int = "${epochs}"  # type: ignore[assignment]
+    eta_min: float = 0.0
+
+
+@dataclass
+class CosineStepConfig(SchedulerConfig):
+    _target_: Optional[str] = "torch.optim.lr_scheduler.CosineAnnealingLR"
+    interval: str = "step"
+    length_arg: Optional[str] = "T_max"
     eta_min: float = 0.0
 
 
@@ -320,6 +353,33 @@ class KMeansCenterConfig(LossConfig):
             require(getattr(self, key) >= 0, key, "must be >= 0")
         require(self.refresh_steps >= 0, "refresh_steps", "must be >= 0")
         require(self.memory > 0 and self.kmeans_steps >= 0, "memory", "memory must be > 0, kmeans_steps >= 0")
+
+
+# ---------------------------------------------------------------- trainer
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainerConfig:
+    """How the training engine runs: numerics, memory format, compilation, clipping, EMA, warmup."""
+
+    precision: str = "fp32"  # fp32 | bf16 (autocast; CPU or GPU) | fp16 (autocast + GradScaler; CUDA only)
+    channels_last: bool = False  # NHWC memory format for conv nets
+    compile: bool = False  # torch.compile the model
+    tf32: bool = True  # TF32 matmuls and convolutions on CUDA (fp32 runs only differ in the last bits)
+    grad_clip: float = 0.0  # max gradient norm; 0 = off
+    ema: float = 0.0  # decay of an exponential moving average of the weights, validated and tested; 0 = off
+    warmup_epochs: int = 0  # linear learning-rate warmup before the scheduler starts ...
+    warmup_steps: int = 0  # ... in epochs or in optimizer steps (one of the two)
+    deterministic: bool = False  # deterministic algorithms; otherwise cudnn.benchmark picks the fastest
+
+    def __post_init__(self) -> None:
+        require_choice(self.precision, PRECISIONS, "precision")
+        require(self.grad_clip >= 0, "grad_clip", f"must be >= 0, got {self.grad_clip}")
+        require(0.0 <= self.ema < 1.0, "ema", f"must be in [0, 1), got {self.ema}")
+        require(self.warmup_epochs >= 0 and self.warmup_steps >= 0, "warmup_epochs", "warmup must be >= 0")
+        require(not (self.warmup_epochs and self.warmup_steps), "warmup_steps",
+                "give warmup_epochs or warmup_steps, not both")
 
 
 # ---------------------------------------------------------------- analysis
@@ -384,6 +444,7 @@ class Config:
     loss: Any = MISSING
     tracking: Any = MISSING
     analysis: Any = MISSING
+    trainer: Any = MISSING
     epochs: int = 10
     batch: int = 64
     seed: int = 0
@@ -391,6 +452,7 @@ class Config:
     topk: int = 2
     optimized_metric: Any = "val/acc_best"  # one metric name, or a list of them (multi-objective sweeps)
     progress: bool = True
+    resume: Optional[str] = None  # auto | an output dir | a checkpoint (last.pt) | an MLflow run id
     trial: TrialConfig = field(default_factory=TrialConfig)
 
     def __post_init__(self) -> None:
@@ -425,11 +487,14 @@ SCHEMAS = {
         "step": StepLRConfig,
         "plateau": PlateauConfig,
         "cosine": CosineConfig,
+        "cosine_step": CosineStepConfig,
+        "onecycle": OneCycleConfig,
         "exponential": ExponentialConfig,
     },
     "loss": {"cross_entropy": CrossEntropyConfig, "kmeans_center": KMeansCenterConfig},
     "analysis": {"base": AnalysisConfig},
     "tracking": {"base": TrackingConfig},
+    "trainer": {"base": TrainerConfig},
 }
 
 
@@ -449,6 +514,23 @@ def register() -> None:
     for group, options in SCHEMAS.items():
         for name, node in options.items():
             cs.store(group=f"schema/{group}", name=name, node=node)
+
+
+# Keys that cannot change what a run computes: left out of its config hash.
+UNHASHED_KEYS = ("tracking", "progress", "resume", "trial", "data.num_workers", "data.cache_dir")
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """A short hash of the resolved config, leaving out :data:`UNHASHED_KEYS`: two runs with the same
+    hash train the same thing (``resume=auto`` finds an interrupted run by it)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for key in UNHASHED_KEYS:
+        *path, last = key.split(".")
+        node = resolved
+        for part in path:
+            node = node.get(part, {})
+        node.pop(last, None)
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def validate(cfg: DictConfig) -> None:

@@ -26,7 +26,8 @@ def one_line(err: BaseException) -> str:
 
 def run_app(app: Callable[[], object]) -> None:
     """Run a Hydra app so that any error is one line on stderr and exit 1 (``HYDRA_FULL_ERROR=1``: the
-    traceback). Hydra is told to raise composition errors to us instead of printing them."""
+    traceback), and an interruption one line and exit 128 + signal (130 for Ctrl-C). Hydra is told to
+    raise composition errors to us instead of printing them."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         app()
         return
@@ -36,3 +37,6 @@ def run_app(app: Callable[[], object]) -> None:
     except Exception as err:  # noqa: BLE001 - every error becomes one line and a non-zero exit
         print(one_line(err), file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt as err:  # Ctrl-C, or a stop signal the trainer turned into a saved state
+        print("imgexp: " + (describe(err) if str(err) else "interrupted"), file=sys.stderr)
+        sys.exit(getattr(err, "exit_code", 130))

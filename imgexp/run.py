@@ -1,14 +1,14 @@
-"""One training job: config -> build (data, model, loss, optimizer) -> fit -> tracking -> return the metric."""
+"""One training job: config -> build (data, model, loss, optimizer, trainer) -> fit -> tracking -> return the
+metric; or the continuation of an interrupted one (``resume=``)."""
 from __future__ import annotations
 
 import logging
-import random
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -17,35 +17,21 @@ from imgexp import losses
 from imgexp.analysis import confusion_figure, learning_curves_figure
 from imgexp.analysis.report import Artifacts, final_artifacts, tsne_artifacts
 from imgexp.data.split import stratified_subset
-from imgexp.config import ConfigError, as_list, validate
+from imgexp.checkpoint import load
+from imgexp.config import ConfigError, as_list, config_hash, validate
+from imgexp.errors import describe
 from imgexp.models import create_model
 from imgexp.optim import build_optimizer, build_scheduler
-from imgexp.tracking import start_run
+from imgexp.runtime import configure_torch, resolve_device, seed_everything
+from imgexp.tracking import resume, start_run
+from imgexp.tracking.mlflow import CHECKPOINT_DIR_TAG, CONFIG_HASH_TAG
 from imgexp.tracking.sweep import SWEEPER_KEYS
-from imgexp.tracking.trial import trial_reporter
-from imgexp.train import fit
+from imgexp.tracking.trial import join_trial
+from imgexp.train import Schedule, Trainer, TrainingInterrupted
 from imgexp.train.metrics import confusion_table, per_class_table
+from imgexp.train.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device", f"{name!r} asked for, but torch sees no CUDA device")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.backends.cudnn.benchmark = False
 
 
 def flat_params(cfg: DictConfig) -> dict[str, object]:
@@ -73,21 +59,28 @@ class Job:
     """Everything one training run is built from."""
 
     data: data_lib.Data
-    model: torch.nn.Module
-    loss_fn: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: Optional[object]
+    trainer: Trainer
 
 
-def build(cfg: DictConfig) -> Job:
-    """Validate ``cfg``, seed, and build data, model, loss, optimizer and scheduler from it."""
+def build(cfg: DictConfig, checkpoint_dir: str | Path) -> Job:
+    """Validate ``cfg``, seed, and build data, model, loss, optimizer, schedule and trainer from it."""
     validate(cfg)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
+    configure_torch(cfg.trainer, device)
     data = data_lib.build(cfg.data, cfg.augmentation, cfg.normalization, cfg.batch, cfg.seed, device)
     model = create_model(cfg.model, data.info).to(device)
     optimizer = build_optimizer(cfg.optimizer, [p for p in model.parameters() if p.requires_grad])
-    return Job(data, model, losses.build(cfg.loss, model), optimizer, build_scheduler(cfg.scheduler, optimizer))
+    t, steps_per_epoch = cfg.trainer, len(data.train)
+    warmup = t.warmup_steps or t.warmup_epochs * steps_per_epoch
+    length = {"step": cfg.epochs * steps_per_epoch - warmup, "epoch": cfg.epochs - -(-warmup // steps_per_epoch)}
+    scheduler = build_scheduler(cfg.scheduler, optimizer, length[cfg.scheduler.interval])
+    trainer = Trainer(model, losses.build(cfg.loss, model), optimizer,
+                      Schedule(optimizer, scheduler, cfg.scheduler.interval, warmup),
+                      data.train, data.val, data.test, epochs=cfg.epochs, checkpoint_dir=checkpoint_dir,
+                      precision=t.precision, channels_last=t.channels_last, compile=t.compile,
+                      grad_clip=t.grad_clip, ema=t.ema, topk=cfg.topk, progress=cfg.progress)
+    return Job(data, trainer)
 
 
 def analysis_sample(batches, points: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,47 +101,85 @@ def log_artifacts(tracker, artifacts: Artifacts) -> None:
             plt.close(item)
 
 
+def resume_hint(err: TrainingInterrupted, overrides: Sequence[str], target: str) -> None:
+    """Add to the interruption's message the command that continues the run."""
+    again = " ".join([o for o in overrides if not o.startswith("resume=")] + [f"resume={target}"])
+    err.args = (f"{err.args[0]}; continue with: python -m imgexp {again}",)
+
+
 def run(cfg: DictConfig, output_dir: str | Path, overrides: Sequence[str] = ()) -> float | list[float]:
     """Train one model as ``cfg`` says, log it, and return ``cfg.optimized_metric`` (a list of values
     when it names several metrics). Everything from validation on happens inside the MLflow run, so a
-    failing job leaves a FAILED run with its error."""
-    checkpoint = Path(output_dir) / "checkpoints" / "best.pt"
+    failing job leaves a FAILED run with its error. ``cfg.resume`` continues an earlier run instead."""
+    checkpoint_dir = Path(output_dir) / "checkpoints"
     asked = [o for o in overrides if not o.startswith(SWEEPER_KEYS)]
-    tags = {"imgexp.overrides": " ".join(asked), "imgexp.model": cfg.model.name, "imgexp.data": cfg.data.name}
+    digest = config_hash(cfg)
+    tags = {"imgexp.overrides": " ".join(asked), "imgexp.model": cfg.model.name, "imgexp.data": cfg.data.name,
+            CONFIG_HASH_TAG: digest, CHECKPOINT_DIR_TAG: str(checkpoint_dir.resolve())}
     if cfg.trial.number is not None:
         tags["imgexp.trial"] = str(cfg.trial.number)
     run_name = cfg.tracking.run_name or f"{cfg.model.name}-{cfg.data.name}"
     metrics = as_list(cfg.optimized_metric)
+    wanted = cfg.resume
+    if wanted is None and int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0 and cfg.tracking.enabled:
+        log.info("a requeued SLURM job: resume=auto")
+        wanted = "auto"
+    point = resume.find(wanted, digest, cfg.tracking, checkpoint_dir) if wanted else None
+    state = None
+    if point is not None:
+        try:
+            state = load(checkpoint_dir / "last.pt")
+        except Exception as err:  # noqa: BLE001 - whatever torch.load raises, the file is no checkpoint
+            raise ConfigError("resume", f"{point.source} holds no training state: {describe(err)}") from None
+        if state.get("extra", {}).get("config_hash") not in (None, digest):
+            log.warning("resuming %s with a config that differs from its own", point.source)
+    run_id = (point.run_id or resume.existing_run(state["extra"].get("run_id"), cfg.tracking)) if state else None
     with start_run(cfg.tracking.enabled, cfg.tracking.uri, cfg.tracking.experiment, run_name,
-                   flat_params(cfg), tags, cfg.tracking.parent_run_id) as tracker:
-        job = build(cfg)
-        data, model = job.data, job.model
+                   flat_params(cfg), tags, cfg.tracking.parent_run_id, run_id) as tracker:
+        job = build(cfg, checkpoint_dir)
+        data, trainer = job.data, job.trainer
+        model, info = trainer.model, job.data.info
+        if state is not None:
+            trainer.load_state_dict(state)
+            log.info("resuming %s after epoch %d of %d%s", point.source, trainer.epoch, cfg.epochs,
+                     f" and {trainer.partial['seen']} images of the next" if trainer.partial else "")
+        trainer.extra = {"run_id": tracker.run_id, "config_hash": digest}
         n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        info = data.info
-        log.info("%s on %s (%dx%dx%d, %d classes): %d trainable parameters, device %s", cfg.model.name,
+        log.info("%s on %s (%dx%dx%d, %d classes): %d trainable parameters, device %s, %s", cfg.model.name,
                  cfg.data.name, info.channels, info.height, info.width, info.num_classes, n_params,
-                 next(model.parameters()).device)
+                 trainer.device, cfg.trainer.precision)
         tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         tracker.log_metrics({"model/params": float(n_params)})
         analysis = cfg.analysis
         sample = analysis_sample(data.test, analysis.points, cfg.seed) if analysis.tsne or analysis.cam else None
-        best = {"acc": -1.0}
-        report_to_trial = trial_reporter(cfg.trial, metrics[0])
+        report_to_trial = join_trial(cfg.trial, metrics[0], checkpoint_dir)
+        logged = tracker.last_logged_epoch()
+        for epoch, past in enumerate(trainer.history, start=1):  # a resumed run: what is not logged yet
+            if epoch > logged:
+                tracker.log_epoch(epoch, past)
+            if report_to_trial:
+                report_to_trial(epoch, past, may_prune=False)
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            tracker.log_artifact(trainer.last_path, "checkpoints")  # before the metrics: see resume.py
+            if trainer.best_epoch == epoch:
+                tracker.log_artifact(trainer.best_path, "checkpoints")
             tracker.log_epoch(epoch, metrics)
-            if analysis.tsne and analysis.tsne_at_best and metrics["val/acc"] > best["acc"]:
+            if analysis.tsne and analysis.tsne_at_best and trainer.best_epoch == epoch:
                 title = f"epoch {epoch}, val/acc {metrics['val/acc']:.3f}"
-                log_artifacts(tracker, tsne_artifacts(model, *sample, info.class_names, analysis,
+                log_artifacts(tracker, tsne_artifacts(trainer.evaluated, *sample, info.class_names, analysis,
                                                       f"epoch{epoch:03d}", title, three_d=False))
-            best["acc"] = max(best["acc"], metrics["val/acc"])
             if report_to_trial:
                 report_to_trial(epoch, metrics)
 
-        result = fit(model, data.train, data.val, data.test, job.loss_fn, job.optimizer, job.scheduler, cfg.epochs,
-                     checkpoint, on_epoch=on_epoch, topk=cfg.topk, progress=cfg.progress)
+        try:
+            with stop_on_signals(trainer):
+                result = trainer.fit(on_epoch)
+        except TrainingInterrupted as err:
+            resume_hint(err, asked, tracker.run_id or str(Path(output_dir).resolve()))
+            raise
         tracker.log_metrics({**result.test, "val/best_epoch": float(result.best_epoch)})
-        tracker.log_artifact(checkpoint, "checkpoints")
+        tracker.log_artifact(trainer.best_path, "checkpoints")
         tracker.log_text(per_class_table(result.test_logits, result.test_targets, info.class_names)
                          .to_csv(index=False), "metrics/per_class.csv")
         tracker.log_text(confusion_table(result.test_logits, result.test_targets, info.class_names).to_csv(),

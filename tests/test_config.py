@@ -6,7 +6,6 @@ import torch
 
 from imgexp.config import SCHEMAS
 from imgexp.run import build
-from imgexp.train.loop import step_scheduler, training_loss
 
 from conftest import CONF, config_options
 
@@ -23,17 +22,18 @@ def test_option_composes_and_builds(compose_cfg, image_tree, tmp_path, group, op
     extra = {
         "model": ["batch=8"],  # the big models stay quick on a CPU
         "data": ["batch=8", f"data.root={image_tree}", f"data.cache_dir={tmp_path}", "data.num_workers=0"],
+        "trainer": ["trainer.compile=false"],  # compiling is tested on its own (test_trainer.py)
     }.get(group, [])
     cfg = compose_cfg(f"{group}={option}", "device=cpu", "tracking=none", *extra)
-    job = build(cfg)
-    x, y = next(iter(job.data.train))
-    loss, logits = training_loss(job.model(x), y, job.loss_fn)  # GoogLeNet adds its auxiliary losses
-    assert logits.shape == (len(y), job.data.info.num_classes)
-    loss.backward()
-    job.optimizer.step()
-    step_scheduler(job.scheduler, loss.item())
-    assert torch.isfinite(loss)
-    assert all(torch.isfinite(p).all() for p in job.model.parameters())
+    job = build(cfg, tmp_path)
+    trainer = job.trainer
+    x, y = next(iter(trainer.train))
+    assert trainer.model.eval()(x).shape == (len(y), job.data.info.num_classes)
+    trainer.model.train()
+    loss_sum, _ = trainer.step(x, y)  # GoogLeNet adds its auxiliary losses
+    trainer.schedule.after_epoch(loss_sum.item())
+    assert torch.isfinite(loss_sum)
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])

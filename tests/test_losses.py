@@ -7,15 +7,13 @@ import torch
 from imgexp.analysis import layer_features
 from imgexp.losses.kmeans_center import KMeansCenterLoss, center_stats, kmeans
 from imgexp.run import build
-from imgexp.train import fit
 
 
 def train_digits(compose_cfg, tmp_path, loss: str):
     cfg = compose_cfg(f"loss={loss}", "epochs=10", "seed=0", "device=cpu", "tracking=none", "progress=false")
-    job = build(cfg)
-    result = fit(job.model, job.data.train, job.data.val, job.data.test, job.loss_fn, job.optimizer,
-                 job.scheduler, cfg.epochs, tmp_path / f"{loss}.pt", progress=False)
-    features, labels = layer_features(job.model, ["5"], job.data.test)  # small_cnn: the last Linear's input
+    job = build(cfg, tmp_path / loss)
+    result = job.trainer.fit()
+    features, labels = layer_features(job.trainer.model, ["5"], job.data.test)  # small_cnn: the last Linear's input
     return result, center_stats(torch.from_numpy(features["5"]), torch.from_numpy(labels))
 
 

@@ -13,7 +13,7 @@ from torch import nn
 from imgexp.config import ConfigError
 from imgexp.data import DataInfo
 from imgexp.models import MODELS, create_model
-from imgexp.train.loop import train_epoch, training_loss
+from imgexp.train import Schedule, Trainer
 
 from conftest import CONF
 
@@ -40,7 +40,10 @@ def test_every_yaml_is_a_registered_model():
 def check_train_step(model: nn.Module, c: int, size: int, classes: int) -> None:
     """Forward + backward on 2 images in train mode: logits' shape, finite gradients on the first conv."""
     x, y = torch.randn(2, c, size, size), torch.tensor([0, classes - 1])
-    loss, logits = training_loss(model.train()(x), y, nn.CrossEntropyLoss())
+    logits = model.train()(x)
+    loss = nn.functional.cross_entropy(logits, y)
+    if hasattr(model, "auxiliary_loss"):  # GoogLeNet's auxiliary heads train too
+        loss = loss + model.auxiliary_loss(y)
     loss.backward()
     assert logits.shape == (2, classes)
     conv = first_conv(model)
@@ -108,20 +111,23 @@ def test_dropout_only_where_meaningful(compose_cfg):
         compose_cfg("model=resnet18", "model.dropout=0.3")
 
 
-def test_googlenet_auxiliary_losses_join_the_training_loss(compose_cfg):
+def test_googlenet_auxiliary_losses_join_the_training_loss(compose_cfg, tmp_path):
     model = create_model(compose_cfg("model=googlenet").model, info(3, 32))
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
     ce = nn.CrossEntropyLoss()
 
     torch.manual_seed(0)  # same dropout masks in both forward passes
-    out = model.train()(x)
-    assert isinstance(out, torchvision.models.GoogLeNetOutputs)
-    main = ce(out.logits, y).item()
-    expected = main + 0.3 * (ce(out.aux_logits1, y) + ce(out.aux_logits2, y)).item()
+    logits = model.train()(x)
+    assert logits.shape == (4, 10)  # plain logits; the auxiliary ones are kept for the loss
+    aux1, aux2 = model.aux
+    main = ce(logits, y).item()
+    expected = main + 0.3 * (ce(aux1, y) + ce(aux2, y)).item()
 
     torch.manual_seed(0)
     frozen = torch.optim.SGD(model.parameters(), lr=0.0)  # a step that changes nothing
-    metrics = train_epoch(model, [(x, y)], ce, frozen, "test", progress=False)
+    trainer = Trainer(model, ce, frozen, Schedule(frozen, None), [(x, y)], [], [], epochs=1,
+                      checkpoint_dir=tmp_path, progress=False)
+    metrics = trainer.train_epoch(1)
     assert metrics["train/loss"] == pytest.approx(expected, rel=1e-5)
     assert metrics["train/loss"] > main
     assert model.aux1.fc2.weight.grad.abs().sum() > 0  # the auxiliary classifiers train too

@@ -15,7 +15,8 @@ import imgexp.run
 from imgexp.data import DataInfo
 from imgexp.models import create_model
 from imgexp.run import run
-from imgexp.train.checkpoint import load
+from imgexp.train import Trainer
+from imgexp.checkpoint import load
 
 from conftest import run_cli
 
@@ -74,15 +75,15 @@ def test_cli_run_logs_everything(workdir):
 def history_of(compose_cfg, tmp_path, seed):
     cfg = compose_cfg("tracking=none", "epochs=2", f"seed={seed}", "progress=false", "device=cpu", "analysis=none")
     captured = []
-    original = imgexp.run.fit
+    original = Trainer.fit
 
-    def spy(*args, **kwargs):
-        result = original(*args, **kwargs)
+    def spy(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
         captured.append(result)
         return result
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(imgexp.run, "fit", spy)
+        mp.setattr(Trainer, "fit", spy)
         value = run(cfg, tempfile.mkdtemp(dir=tmp_path))
     return value, captured[0]
 
@@ -109,4 +110,5 @@ def test_crash_marks_run_failed_and_keeps_what_was_logged(compose_cfg, workdir, 
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
     assert len(client.get_metric_history(runs[0].info.run_id, "val/acc")) == 2
     assert "test/acc" in runs[0].data.metrics
-    assert {a.path for a in client.list_artifacts(runs[0].info.run_id, "checkpoints")} == {"checkpoints/best.pt"}
+    assert {a.path for a in client.list_artifacts(runs[0].info.run_id, "checkpoints")} == {
+        "checkpoints/best.pt", "checkpoints/last.pt"}  # last.pt: each epoch's state, to resume from

@@ -40,7 +40,7 @@ from hydra_plugins.imgexp_optuna_sweeper.study_lock import StudyLock
 from imgexp.errors import describe
 from imgexp.tracking.mlflow import ERROR_TAG
 from imgexp.tracking.sweep import ParentRun
-from imgexp.tracking.trial import PRUNER_ATTR, PRUNERS, build_pruner
+from imgexp.tracking.trial import CHECKPOINT_ATTR, PRUNER_ATTR, PRUNERS, build_pruner
 
 log = logging.getLogger(__name__)
 RETRY_ATTR = "imgexp.retry_of"  # on a trial re-running an interrupted one
@@ -210,7 +210,8 @@ class _Run:
             optuna.storages.fail_stale_trials(self.study)
             for t in not_yet_retried(self.study.get_trials(deepcopy=False)):
                 log.info("trial %d was interrupted: running it again", t.number)
-                self.study.enqueue_trial(t.params, user_attrs={RETRY_ATTR: t.number})
+                resume = {CHECKPOINT_ATTR: t.user_attrs[CHECKPOINT_ATTR]} if CHECKPOINT_ATTR in t.user_attrs else {}
+                self.study.enqueue_trial(t.params, user_attrs={RETRY_ATTR: t.number, **resume})
                 self.parent.end_lost_runs(t.number)
             trials = self.study.get_trials(deepcopy=False)
             waiting = any(t.state == TrialState.WAITING for t in trials)
@@ -223,6 +224,9 @@ class _Run:
     def launch(self, trial: optuna.Trial) -> JobReturn:
         overrides = [as_override(k, v) for k, v in trial.params.items()] + self.overrides + [
             f"trial.id={trial._trial_id}", f"trial.number={trial.number}"]
+        interrupted_dir = trial.user_attrs.get(CHECKPOINT_ATTR)  # a retry: continue from the lost trial's state
+        if interrupted_dir and (Path(interrupted_dir) / "last.pt").exists():
+            overrides.append(f"resume={quote(interrupted_dir)}")
         return self.sweeper.launcher.launch([overrides], initial_job_idx=trial.number)[0]
 
     def record(self, trial: optuna.Trial, ret: JobReturn) -> None:

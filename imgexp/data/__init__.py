@@ -120,12 +120,13 @@ def build(data_cfg, aug_cfg, norm_cfg, batch: int, seed: int, device: torch.devi
         return (augment(x.float()) - mean) / std
 
     def loader(samples: Samples, is_train: bool) -> Loader:
-        transform = augment_normalize if is_train and augment is not None else normalize
+        augmented = is_train and augment is not None
+        transform, rngs = (augment_normalize, [augment.generator]) if augmented else (normalize, [])
         if isinstance(samples, Files):
             return StreamLoader(samples, size, channels, batch, transform, device, data_cfg.num_workers,
-                                shuffle=is_train, seed=seed)
+                                shuffle=is_train, seed=seed, rngs=rngs)
         return TensorLoader(samples.x.to(device), samples.y.to(device), batch, transform, shuffle=is_train,
-                            seed=seed)
+                            seed=seed, rngs=rngs)
 
     log.info("data %s: %d train / %d val / %d test images, %dx%dx%d, %s", data_cfg.name,
              *(len(p.y) for p in parts), channels, *size, "streamed from files" if stream else "in memory")

@@ -52,8 +52,8 @@ def pixel_centres(height: int, width: int, device: torch.device) -> torch.Tensor
 def build_augment(cfg, seed: int, device: torch.device) -> Optional[BatchAugment]:
     """A function mapping float (N, C, H, W) batches in 0..255 to augmented ones, or None for no-op configs.
 
-    Parameters come from a CPU generator seeded with ``seed`` (the same stream whatever ``device`` the
-    batches are on; the matrices follow each batch to its device);
+    Parameters come from a CPU generator seeded with ``seed``, the function's ``generator`` attribute (the
+    same stream whatever ``device`` the batches are on; the matrices follow each batch to its device);
     ``cfg.fill`` says what enters from outside the image: 0 (constant), the edge pixel (nearest) or
     the mirror image (reflect).
     """
@@ -71,4 +71,5 @@ def build_augment(cfg, seed: int, device: torch.device) -> Optional[BatchAugment
         grid = (grid + theta[:, None, None, :, 2]).to(x.dtype)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
 
+    augment.generator = generator  # type: ignore[attr-defined]  (checkpointed with the training loader)
     return augment

@@ -14,7 +14,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from imgexp.data.sources import Files, Images
-from imgexp.train.checkpoint import load, save_atomic
+from imgexp.checkpoint import load, save_atomic
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = "1"
@@ -60,10 +60,13 @@ def collate_readable(batch):
     return torch.stack(xs), torch.stack(ys), len(batch) - len(ok)
 
 
-def file_loader(files: Files, size, channels, batch: int, num_workers: int, shuffle=False, generator=None):
+def file_loader(files: Files, size, channels, batch: int, num_workers: int, sampler=None, pin_memory=False):
+    """Batches ``(x uint8, y, number unreadable)`` in file order, or in ``sampler``'s; the workers persist
+    between passes."""
     return DataLoader(
-        FileDataset(files, size, channels), batch_size=batch, shuffle=shuffle, generator=generator,
-        num_workers=num_workers, collate_fn=collate_readable, persistent_workers=num_workers > 0 and shuffle,
+        FileDataset(files, size, channels), batch_size=batch, sampler=sampler, num_workers=num_workers,
+        collate_fn=collate_readable, persistent_workers=num_workers > 0, pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(0),  # workers' base seeds: keep the global generator untouched
     )
 
 

@@ -1,6 +1,7 @@
 """Losses from ``cfg.loss``: any ``_target_`` that builds ``loss(logits, targets) -> scalar``. A loss that needs
-a layer's features (the K-means center loss) has ``attach(model)``, called here; one that reports
-statistics has ``epoch_metrics()``, which the training loop logs every epoch."""
+a layer's features (the K-means center loss) has ``attach(model)``, called here. The trainer calls two
+optional hooks: ``start_epoch()`` at the start of every training epoch, and ``epoch_metrics()``, logged
+every epoch; a loss's state (``state_dict``, extra state included) goes into the run's checkpoints."""
 from __future__ import annotations
 
 from hydra.utils import instantiate

@@ -73,13 +73,23 @@ class KMeansCenterLoss(nn.Module):
             model.get_submodule(self.layer).register_forward_hook(lambda m, args, out: self._keep(out))
 
     def _keep(self, x: torch.Tensor) -> None:
+        x = x.float()  # under autocast the layer may run in bf16/fp16; centers and distances stay fp32
         self.features = x.flatten(2).mean(2) if x.ndim > 2 else x  # conv maps: global average pool
 
-    def train(self, mode: bool = True) -> "KMeansCenterLoss":
-        """Entering training mode starts an epoch: with ``refresh_steps=0`` the centers are refreshed."""
-        if mode and not self.training and self.refresh_steps == 0:
+    def start_epoch(self) -> None:
+        """The trainer's hook at the start of every training epoch: with ``refresh_steps=0`` the centers
+        are refreshed."""
+        if self.refresh_steps == 0:
             self.refresh()
-        return super().train(mode)
+
+    def get_extra_state(self) -> dict:
+        """Centers, feature memory and step count, so a resumed run continues with the same centers."""
+        return {"centers": self.centers, "memory_x": list(self.memory_x), "memory_y": list(self.memory_y),
+                "steps": self.steps, "num_classes": self.num_classes}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.centers, self.steps, self.num_classes = state["centers"], state["steps"], state["num_classes"]
+        self.memory_x, self.memory_y = list(state["memory_x"]), list(state["memory_y"])
 
     def refresh(self) -> None:
         if not self.memory_y:

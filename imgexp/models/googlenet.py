@@ -1,22 +1,34 @@
-"""torchvision's GoogLeNet with its two auxiliary classifiers. In train mode it returns
-``GoogLeNetOutputs(logits, aux_logits2, aux_logits1)``, whose auxiliary losses the training loop adds
-(weight 0.3); in eval mode the logits. Small inputs: conv1 3x3 stride 1 and no stem max-pools, so 32 px
-reach the inception blocks at 32, 16 and 8 px."""
+"""torchvision's GoogLeNet with its two auxiliary classifiers. It returns the logits in both modes; in
+train mode it keeps the auxiliary classifiers' logits, whose cross-entropy (weight 0.3) the trainer adds
+to the loss through :meth:`GoogLeNet.auxiliary_loss`. Small inputs: conv1 3x3 stride 1 and no stem
+max-pools, so 32 px reach the inception blocks at 32, 16 and 8 px."""
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
 from imgexp.models.layers import is_small, stem_conv
 from imgexp.models.registry import register_model
 
+AUX_WEIGHT = 0.3  # as in the GoogLeNet paper
+
+
+class GoogLeNet(torchvision.models.GoogLeNet):
+    def eager_outputs(self, x: torch.Tensor, aux2, aux1) -> torch.Tensor:
+        self.aux = (aux1, aux2) if self.training else ()
+        return x
+
+    def auxiliary_loss(self, targets: torch.Tensor) -> torch.Tensor:
+        """The auxiliary classifiers' weighted cross-entropy on the last training forward pass."""
+        return AUX_WEIGHT * sum(F.cross_entropy(a.float(), targets) for a in self.aux)
+
 
 @register_model(head=("fc", "aux1.fc2", "aux2.fc2"))
 def googlenet(in_channels: int, num_classes: int, image_size: tuple[int, int], **kwargs) -> nn.Module:
     """``kwargs``: the YAML's torchvision arguments (``dropout``)."""
-    model = torchvision.models.googlenet(
-        weights=None, num_classes=num_classes, aux_logits=True, init_weights=True, **kwargs
-    )
+    model = GoogLeNet(num_classes=num_classes, aux_logits=True, init_weights=True, **kwargs)
     small = is_small(image_size)
     model.conv1.conv = stem_conv(model.conv1.conv, in_channels, small)
     if small:

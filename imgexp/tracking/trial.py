@@ -3,12 +3,13 @@ when the study's pruner says so. The sweeper stores the pruner's settings in the
 any process (or on any SLURM node) rebuilds the same pruner from the storage alone."""
 from __future__ import annotations
 
-from typing import Callable, Optional
+from pathlib import Path
 
 import optuna
 from omegaconf import DictConfig
 
 PRUNER_ATTR = "imgexp.pruner"  # study user attr: {"name": "median", "n_startup_trials": 5, ...}
+CHECKPOINT_ATTR = "imgexp.checkpoint_dir"  # trial user attr: where the job writes last.pt
 PRUNERS = ("none", "median", "hyperband", "successive_halving")
 
 
@@ -34,21 +35,25 @@ def build_pruner(spec: dict) -> optuna.pruners.BasePruner:
     raise ValueError(f"pruner must be one of {', '.join(PRUNERS)}, got {name!r}")
 
 
-def trial_reporter(trial: DictConfig, metric: str) -> Optional[Callable[[int, dict[str, float]], None]]:
-    """An ``on_epoch`` hook reporting ``metric`` to the job's trial; None outside an Optuna sweep."""
+def join_trial(trial: DictConfig, metric: str, checkpoint_dir: Path):
+    """Record on the job's trial where its checkpoints go (a retry of an interrupted trial resumes from
+    them), and return an ``on_epoch`` hook reporting ``metric`` to the trial: ``report(epoch, metrics,
+    may_prune=True)``; replayed epochs of a resumed run are reported with ``may_prune=False``. None
+    outside an Optuna sweep, or when the study does not prune."""
     if trial.study is None:
         return None
     study = optuna.load_study(study_name=trial.study, storage=trial.storage)
+    live = optuna.trial.Trial(study, trial.id)
+    live.set_user_attr(CHECKPOINT_ATTR, str(checkpoint_dir.resolve()))
     study.pruner = build_pruner(study.user_attrs.get(PRUNER_ATTR, {}))
     if len(study.directions) > 1 or isinstance(study.pruner, optuna.pruners.NopPruner):
         return None  # Optuna prunes single-objective studies only
-    live = optuna.trial.Trial(study, trial.id)
 
-    def report(epoch: int, metrics: dict[str, float]) -> None:
+    def report(epoch: int, metrics: dict[str, float], may_prune: bool = True) -> None:
         if metric not in metrics:
             return
         live.report(metrics[metric], step=epoch)
-        if live.should_prune():
+        if may_prune and live.should_prune():
             raise TrialPruned(f"trial {trial.number} pruned at epoch {epoch} ({metric} {metrics[metric]:.4f})")
 
     return report

@@ -1,4 +1,5 @@
-"""Checkpoints: state dicts written atomically (temp file + rename) and loaded with ``weights_only=True``."""
+"""Checkpoint files: written atomically (temp file + rename, so a kill never leaves half a file) and
+loaded with ``weights_only=True``. Data (the decode cache) and training both use these."""
 from __future__ import annotations
 
 import os

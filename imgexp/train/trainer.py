@@ -1,0 +1,241 @@
+"""The training engine. A :class:`Trainer` owns one run's training state: model, optimizer, schedule, loss,
+gradient scaler, EMA, RNG and loader positions, epoch, best value and history. It checkpoints all of it
+atomically after every epoch (``last.pt``) and when asked to stop (:meth:`Trainer.request_stop`, which a
+signal handler calls), and :meth:`Trainer.load_state_dict` continues from such a checkpoint as if nothing
+had happened. It knows nothing of Hydra or MLflow: per-epoch metrics go to an ``on_epoch(epoch, metrics)``
+callback, which may raise to stop training (a sweeper's pruning, say).
+
+Two optional hooks come from outside the generic step: the loss's ``start_epoch()`` / ``epoch_metrics()``
+(the K-means center loss) and the model's ``auxiliary_loss(targets)`` (GoogLeNet's auxiliary heads).
+"""
+from __future__ import annotations
+
+import math
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from imgexp.checkpoint import load, save_atomic
+from imgexp.train.metrics import classification_metrics
+from imgexp.train.rng import rng_state, set_rng_state
+from imgexp.train.schedule import Schedule
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+EpochCallback = Callable[[int, dict[str, float]], None]
+NAN_CHECK_STEPS = 50  # the training loss is checked for NaN/inf (one host sync) every this many steps
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+CHECKPOINT_FORMAT = 1
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on request (SIGTERM, SIGUSR1, Ctrl-C) after saving ``last.pt``; resumable."""
+
+    run_status = "interrupted"
+
+    def __init__(self, signum: int, where: str, checkpoint: Path) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name} {where}; state saved in {checkpoint}")
+        self.signum, self.checkpoint = signum, checkpoint
+        self.exit_code = 128 + signum
+        self.chain = None  # the signal's earlier handler, to call once the run is closed (see signals.py)
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]]  # one dict of metrics per epoch, epoch 1 first
+    best_epoch: int
+    test: dict[str, float]
+    test_logits: torch.Tensor
+    test_targets: torch.Tensor
+
+
+class Trainer:
+    """Train ``model`` on ``train`` for ``epochs``, validate on ``val`` after each epoch, keep the weights
+    with the best val/acc in ``checkpoint_dir/best.pt`` (the EMA weights, when ``ema`` > 0), and test them.
+
+    ``precision``: fp32, or autocast to bf16 / fp16 (fp16 with a gradient scaler, CUDA only);
+    ``channels_last``: NHWC model and batches; ``compile``: ``torch.compile`` the model; ``grad_clip``: max
+    gradient norm (0: off); ``ema``: decay of an ``AveragedModel`` of the weights (0: off).
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule,
+                 train: Batches, val: Batches, test: Batches, *, epochs: int, checkpoint_dir: str | Path,
+                 precision: str = "fp32", channels_last: bool = False, compile: bool = False,
+                 grad_clip: float = 0.0, ema: float = 0.0, topk: int = 2, progress: bool = True) -> None:
+        self.device = next(model.parameters()).device
+        if precision == "fp16" and self.device.type != "cuda":
+            raise ValueError(f"precision fp16 needs CUDA (a gradient scaler), not {self.device.type}: use bf16")
+        self.memory_format = torch.channels_last if channels_last else torch.preserve_format
+        self.model = model.to(memory_format=self.memory_format)
+        self.loss_fn, self.optimizer, self.schedule = loss_fn, optimizer, schedule
+        self.train, self.val, self.test = train, val, test
+        self.epochs, self.topk, self.progress, self.grad_clip = epochs, topk, progress, grad_clip
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.dtype = DTYPES[precision]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
+        self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema), use_buffers=True) if ema else None
+        self.evaluated = self.ema.module if self.ema is not None else self.model  # the weights val/test see
+        self.forward = torch.compile(self.model) if compile else self.model
+        self.eval_forward = self.forward
+        if self.ema is not None:
+            self.eval_forward = torch.compile(self.evaluated) if compile else self.evaluated
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        # progress of the run
+        self.epoch, self.best_acc, self.best_epoch = 0, -1.0, 0
+        self.history: list[dict[str, float]] = []
+        self.partial: Optional[dict] = None  # an interrupted epoch's sums so far
+        self.extra: dict = {}  # the caller's, saved in every checkpoint (e.g. the tracking run id)
+        self.stop_signal: Optional[int] = None
+        self._rng: Optional[dict] = None  # restored RNG state, applied when training continues
+
+    @property
+    def last_path(self) -> Path:
+        return self.checkpoint_dir / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.checkpoint_dir / "best.pt"
+
+    def request_stop(self, signum: int) -> None:
+        """Stop after the current step: save ``last.pt`` and raise :class:`TrainingInterrupted`."""
+        self.stop_signal = signum
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT, "epoch": self.epoch, "best_acc": self.best_acc,
+            "best_epoch": self.best_epoch, "history": self.history, "partial": self.partial, "extra": self.extra,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None, "loss": self.loss_fn.state_dict(),
+            "loader": self.train.state_dict() if hasattr(self.train, "state_dict") else None, "rng": rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.best_acc, self.best_epoch = state["epoch"], state["best_acc"], state["best_epoch"]
+        self.history, self.partial, self.extra = list(state["history"]), state["partial"], dict(state["extra"])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.loss_fn.load_state_dict(state["loss"])
+        if state["loader"] is not None:
+            self.train.load_state_dict(state["loader"])
+        self._rng = state["rng"]
+
+    def save(self) -> None:
+        save_atomic(self.state_dict(), self.last_path)
+
+    def _stop(self, where: str) -> None:
+        self.save()
+        raise TrainingInterrupted(self.stop_signal, where, self.last_path)
+
+    # ------------------------------------------------------------------ steps
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One optimizer step; returns (loss * n, correct) on the device, no host sync."""
+        x = x.contiguous(memory_format=self.memory_format)
+        with self._autocast():
+            logits = self.forward(x)
+            loss = self.loss_fn(logits, y)
+            auxiliary = getattr(self.model, "auxiliary_loss", None)
+            if auxiliary is not None:
+                loss = loss + auxiliary(y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        self.schedule.after_step()
+        return torch.stack([loss.detach().float() * len(y), (logits.argmax(1) == y).sum().float()])
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over ``train`` (the rest of it, when resuming mid-epoch)."""
+        self.model.train()
+        self.loss_fn.train()
+        if self.partial is None:
+            self.partial = {"sums": torch.zeros(2, device=self.device), "seen": 0,
+                            "lr": self.optimizer.param_groups[0]["lr"]}
+            if hasattr(self.loss_fn, "start_epoch"):
+                self.loss_fn.start_epoch()
+        sums, seen = self.partial["sums"].to(self.device), self.partial["seen"]
+        desc = f"epoch {epoch}/{self.epochs}"
+        for step, (x, y) in enumerate(tqdm(self.train, desc=desc, leave=False, disable=None if self.progress else True),
+                                      start=1):
+            sums = sums + self.step(x, y)
+            seen += len(y)
+            if step % NAN_CHECK_STEPS == 0 and not torch.isfinite(sums[0]):
+                raise NonFiniteLossError(f"training loss is {sums[0].item()} in the first {step} steps of {desc}")
+            if self.stop_signal is not None:
+                self.partial |= {"sums": sums, "seen": seen}
+                self._stop(f"in {desc}, after {seen} images")
+        total_loss, correct = sums.tolist()
+        if not math.isfinite(total_loss):
+            raise NonFiniteLossError(f"training loss is {total_loss / seen} ({desc})")
+        lr, self.partial = self.partial["lr"], None
+        return {"train/lr": lr, "train/loss": total_loss / seen, "train/acc": correct / seen}
+
+    @torch.no_grad()
+    def predict(self, batches: Batches) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (fp32) and targets of a whole split, in eval mode, with the evaluated weights."""
+        self.evaluated.eval()
+        outputs, targets = [], []
+        with self._autocast():
+            for x, y in batches:
+                outputs.append(self.eval_forward(x.contiguous(memory_format=self.memory_format)).float())
+                targets.append(y)
+        return torch.cat(outputs), torch.cat(targets)
+
+    # ------------------------------------------------------------------ the run
+    def fit(self, on_epoch: Optional[EpochCallback] = None) -> FitResult:
+        """Train the remaining epochs, then test the best weights (loaded into ``model``)."""
+        if self._rng is not None:
+            set_rng_state(self._rng)
+            self._rng = None
+        while self.epoch < self.epochs:
+            epoch = self.epoch + 1
+            metrics = self.train_epoch(epoch)
+            metrics |= getattr(self.loss_fn, "epoch_metrics", dict)()  # e.g. the center loss's distances
+            self.loss_fn.eval()  # losses with training-only terms report plain validation/test losses
+            logits, targets = self.predict(self.val)
+            val_loss = self.loss_fn(logits, targets).item()
+            val_acc = (logits.argmax(1) == targets).float().mean().item()
+            if val_acc > self.best_acc:
+                self.best_acc, self.best_epoch = val_acc, epoch
+                save_atomic(self.evaluated.state_dict(), self.best_path)
+            metrics |= {"val/loss": val_loss, "val/acc": val_acc, "val/acc_best": self.best_acc}
+            self.schedule.after_epoch(val_loss)
+            self.history.append(metrics)
+            self.epoch = epoch
+            self.save()
+            if on_epoch is not None:
+                on_epoch(epoch, metrics)
+            if self.stop_signal is not None:
+                self._stop(f"after epoch {epoch}/{self.epochs}")
+
+        best = load(self.best_path, map_location=self.device)
+        self.model.load_state_dict(best)  # the caller's model ends with the best weights
+        if self.ema is not None:
+            self.evaluated.load_state_dict(best)
+        self.loss_fn.eval()
+        logits, targets = self.predict(self.test)
+        test_metrics = {"test/loss": self.loss_fn(logits, targets).item()}
+        test_metrics |= classification_metrics(logits, targets, "test", self.topk)
+        return FitResult(self.history, self.best_epoch, test_metrics, logits.cpu(), targets.cpu())
