@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -412,6 +412,7 @@ class TrackingConfig:
     experiment: str = "imgexp"
     run_name: Optional[str] = None
     parent_run_id: Optional[str] = None  # set by imgexp's sweepers: the sweep's MLflow parent run
+    offline_wait_s: float = 600  # a server down at the run's end: wait this long, then keep the rest on disk
 
 
 @dataclass
@@ -533,10 +534,22 @@ def config_hash(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def unknown_keys(node: DictConfig, schema: type, prefix: str) -> None:
+    """Keys a ``+key=value`` override added that ``schema`` does not have (Hydra lets ``+`` add any key)."""
+    known = {f.name for f in fields(schema)}
+    extra = [k for k in node if k not in known]
+    if extra:
+        raise ConfigError(f"{prefix}{extra[0]}", f"unknown key; {prefix.rstrip('.') or 'the config'} has "
+                                                 f"{', '.join(sorted(known - {'_partial_'}))}")
+
+
 def validate(cfg: DictConfig) -> None:
-    """Run every schema's range checks; raise :class:`ConfigError` naming the full key."""
+    """Run every schema's range checks and reject keys no schema has; raise :class:`ConfigError` naming
+    the full key."""
+    unknown_keys(cfg, Config, "")
     for key, node in cfg.items():
         if OmegaConf.is_dict(node) and OmegaConf.get_type(node) not in (dict, None):
+            unknown_keys(node, OmegaConf.get_type(node), f"{key}.")
             try:
                 OmegaConf.to_object(node)
             except ConfigError as err:

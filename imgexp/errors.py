@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from typing import Callable
 
 
@@ -24,10 +26,22 @@ def one_line(err: BaseException) -> str:
     return "imgexp: error: " + describe(err)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside training (while loading data, drawing plots): the run ends KILLED, exit 143."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
+def raise_terminated(signum: int, frame) -> None:
+    raise Terminated("stopped by SIGTERM")
+
+
 def run_app(app: Callable[[], object]) -> None:
     """Run a Hydra app so that any error is one line on stderr and exit 1 (``HYDRA_FULL_ERROR=1``: the
     traceback), and an interruption one line and exit 128 + signal (130 for Ctrl-C). Hydra is told to
     raise composition errors to us instead of printing them."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, raise_terminated)  # the trainer handles it gracefully while it trains
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         app()
         return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -63,12 +64,13 @@ class Job:
 
 
 def build(cfg: DictConfig, checkpoint_dir: str | Path) -> Job:
-    """Validate ``cfg``, seed, and build data, model, loss, optimizer, schedule and trainer from it."""
-    validate(cfg)
+    """Seed, and build data, model, loss, optimizer, schedule and trainer from a validated ``cfg``."""
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     configure_torch(cfg.trainer, device)
     data = data_lib.build(cfg.data, cfg.augmentation, cfg.normalization, cfg.batch, cfg.seed, device)
+    if cfg.topk > data.info.num_classes:
+        raise ConfigError("topk", f"{cfg.topk} is more than the data's {data.info.num_classes} classes")
     model = create_model(cfg.model, data.info).to(device)
     optimizer = build_optimizer(cfg.optimizer, [p for p in model.parameters() if p.requires_grad])
     t, steps_per_epoch = cfg.trainer, len(data.train)
@@ -109,13 +111,15 @@ def resume_hint(err: TrainingInterrupted, overrides: Sequence[str], target: str)
 
 def run(cfg: DictConfig, output_dir: str | Path, overrides: Sequence[str] = ()) -> float | list[float]:
     """Train one model as ``cfg`` says, log it, and return ``cfg.optimized_metric`` (a list of values
-    when it names several metrics). Everything from validation on happens inside the MLflow run, so a
-    failing job leaves a FAILED run with its error. ``cfg.resume`` continues an earlier run instead."""
-    checkpoint_dir = Path(output_dir) / "checkpoints"
+    when it names several metrics). A bad config value stops it before the tracking store is opened;
+    everything from building the data on happens inside the MLflow run, so a failing job leaves a FAILED
+    run with its error. ``cfg.resume`` continues an earlier run instead."""
+    validate(cfg)  # before the tracking store is opened: a typo costs a second
+    output_dir = Path(output_dir).resolve()
     asked = [o for o in overrides if not o.startswith(SWEEPER_KEYS)]
     digest = config_hash(cfg)
     tags = {"imgexp.overrides": " ".join(asked), "imgexp.model": cfg.model.name, "imgexp.data": cfg.data.name,
-            CONFIG_HASH_TAG: digest, CHECKPOINT_DIR_TAG: str(checkpoint_dir.resolve())}
+            CONFIG_HASH_TAG: digest}
     if cfg.trial.number is not None:
         tags["imgexp.trial"] = str(cfg.trial.number)
     run_name = cfg.tracking.run_name or f"{cfg.model.name}-{cfg.data.name}"
@@ -124,18 +128,25 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Sequence[str] = ()) 
     if wanted is None and int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0 and cfg.tracking.enabled:
         log.info("a requeued SLURM job: resume=auto")
         wanted = "auto"
-    point = resume.find(wanted, digest, cfg.tracking, checkpoint_dir) if wanted else None
+    staged = output_dir / "checkpoints" / "resumed"  # until the run id names the run's own folder
+    point = resume.find(wanted, digest, cfg.tracking, staged) if wanted else None
     state = None
     if point is not None:
         try:
-            state = load(checkpoint_dir / "last.pt")
+            state = load(staged / "last.pt")
         except Exception as err:  # noqa: BLE001 - whatever torch.load raises, the file is no checkpoint
             raise ConfigError("resume", f"{point.source} holds no training state: {describe(err)}") from None
         if state.get("extra", {}).get("config_hash") not in (None, digest):
             log.warning("resuming %s with a config that differs from its own", point.source)
     run_id = (point.run_id or resume.existing_run(state["extra"].get("run_id"), cfg.tracking)) if state else None
     with start_run(cfg.tracking.enabled, cfg.tracking.uri, cfg.tracking.experiment, run_name,
-                   flat_params(cfg), tags, cfg.tracking.parent_run_id, run_id) as tracker:
+                   flat_params(cfg), tags, cfg.tracking.parent_run_id, run_id, output_dir / "mlflow_spool",
+                   cfg.tracking.offline_wait_s) as tracker:
+        # every run's checkpoints in a folder of its own, named by its MLflow run id
+        checkpoint_dir = output_dir / "checkpoints" / (tracker.run_id or f"local-{uuid.uuid4().hex[:12]}")
+        if point is not None:
+            staged.rename(checkpoint_dir)
+        tracker.set_tags({CHECKPOINT_DIR_TAG: str(checkpoint_dir)})
         job = build(cfg, checkpoint_dir)
         data, trainer = job.data, job.trainer
         model, info = trainer.model, job.data.info

@@ -65,7 +65,7 @@ def reference(tmp_path_factory) -> dict:
 
 def test_kill_9_then_resume_auto_continues_the_same_run(workdir, reference):
     first = start(RUN, workdir)
-    wait_for("outputs/*/*/checkpoints/last.pt", workdir, first)  # epoch 1 done: now in epoch 2
+    wait_for("outputs/*/*/checkpoints/*/last.pt", workdir, first)  # epoch 1 done: now in epoch 2
     first.send_signal(signal.SIGKILL)
     first.communicate()
     client, (killed,) = runs(workdir)
@@ -87,7 +87,7 @@ def test_kill_9_then_resume_auto_continues_the_same_run(workdir, reference):
 
 def test_sigterm_saves_then_resume_from_run_id_elsewhere(workdir, reference):
     first = start(RUN, workdir)
-    wait_for("outputs/*/*/checkpoints/last.pt", workdir, first)
+    wait_for("outputs/*/*/checkpoints/*/last.pt", workdir, first)
     first.send_signal(signal.SIGTERM)
     _, err = first.communicate(timeout=60)
     assert first.returncode == 143
@@ -114,7 +114,7 @@ def test_a_killed_optuna_trial_is_retried_from_its_last_epoch(workdir):
            "hydra.sweeper.n_trials=2", "hydra.sweeper.study_name=r", "hydra.sweeper.pruner=median",
            "hydra.sweeper.sampler=random", "optimizer.lr=tag(log,interval(1e-4,1e-2))", *RUN]
     first = subprocess.Popen(cmd, cwd=workdir, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    wait_for("multirun/*/*/0/checkpoints/last.pt", workdir, first)
+    wait_for("multirun/*/*/0/checkpoints/*/last.pt", workdir, first)
     first.send_signal(signal.SIGKILL)
     first.communicate()
     again = subprocess.run(cmd, cwd=workdir, env=env(), capture_output=True, text=True, timeout=300)

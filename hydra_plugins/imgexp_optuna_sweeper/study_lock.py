@@ -2,12 +2,13 @@
 together start exactly ``n_trials``: a file lock beside a SQLite file, an advisory lock in PostgreSQL."""
 from __future__ import annotations
 
-import fcntl
 import logging
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from imgexp.locks import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +33,8 @@ class StudyLock:
     @contextmanager
     def held(self) -> Iterator[None]:
         if self.backend == "sqlite":
-            with open(self.path, "a") as f:
-                fcntl.flock(f, fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(f, fcntl.LOCK_UN)
+            with file_lock(self.path):
+                yield
         elif self.backend == "postgresql":
             from sqlalchemy import text
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from imgexp.data import digits, folders, synthetic, torchvision_sets  # noqa: F401  (register the sources)
 from imgexp.data.augment import build_augment
-from imgexp.data.decode import decode_cached, decode_files, probe
+from imgexp.data.decode import decode_cached, decode_files, majority_geometry
 from imgexp.data.loader import StreamLoader, TensorLoader
 from imgexp.data.normalize import channel_stats
 from imgexp.data.sources import SOURCES, Files, Images, Samples, Source, load_source, register_source
@@ -71,10 +71,26 @@ def subset(parts: tuple[Samples, Samples, Samples], n: int, seed: int) -> tuple[
 
 
 def geometry(train: Samples, cfg) -> tuple[tuple[int, int], int]:
-    """Target (H, W) and channels: the config's, else the source's (first file for files)."""
-    size, channels = (train.x.shape[2:], train.x.shape[1]) if isinstance(train, Images) else probe(train.paths[0])
+    """Target (H, W) and channels: the config's, else the source's (for files, the majority's)."""
+    if cfg.image_size and cfg.channels:
+        return (cfg.image_size, cfg.image_size), cfg.channels
+    size, channels = ((train.x.shape[2:], train.x.shape[1]) if isinstance(train, Images)
+                      else majority_geometry(train.paths))
     size = (cfg.image_size, cfg.image_size) if cfg.image_size else tuple(size)
     return size, cfg.channels or int(channels)
+
+
+def drop_empty_classes(parts: tuple[Images, ...], names: list[str]) -> tuple[tuple[Images, ...], list[str]]:
+    """Leave out, with one warning naming them, the classes with no readable training image (their files
+    all failed to decode): they would be classes the model can never learn."""
+    present = torch.bincount(parts[0].y, minlength=len(names)) > 0
+    if present.all():
+        return parts, names
+    log.warning("left out classes with no readable training image: %s",
+                ", ".join(n for n, ok in zip(names, present.tolist()) if not ok))
+    relabel = torch.cumsum(present.long(), 0) - 1
+    kept = tuple(Images(p.x[present[p.y]], relabel[p.y[present[p.y]]]) for p in parts)
+    return kept, [n for n, ok in zip(names, present.tolist()) if ok]
 
 
 def convert(images: Images, size: tuple[int, int], channels: int) -> Images:
@@ -98,12 +114,19 @@ def build(data_cfg, aug_cfg, norm_cfg, batch: int, seed: int, device: torch.devi
         parts = subset(parts, data_cfg.subset, data_cfg.split_seed)
     size, channels = geometry(parts[0], data_cfg)
     stream = isinstance(parts[0], Files) and max(size) > data_cfg.in_memory_max_px
+    class_names = list(source.class_names)
     if not stream:
-        parts = tuple(
-            convert(p, size, channels) if isinstance(p, Images)
-            else decode_cached(p, size, channels, data_cfg.num_workers, data_cfg.cache_dir)
-            for p in parts
-        )
+        files = sum(len(p.y) for p in parts if isinstance(p, Files))
+        decoded = [(convert(p, size, channels), 0, 0) if isinstance(p, Images)
+                   else decode_cached(p, size, channels, data_cfg.num_workers, data_cfg.cache_dir) for p in parts]
+        parts = tuple(images for images, _, _ in decoded)
+        bad, odd = (sum(d[i] for d in decoded) for i in (1, 2))
+        if bad:
+            log.warning("skipped %d unreadable image files of %d", bad, files)
+        if odd:
+            log.info("converted %d of %d images to %dx%dx%d (their size or channels differed)", odd, files,
+                     channels, *size)
+        parts, class_names = drop_empty_classes(parts, class_names)
     train = parts[0]
     if isinstance(train, Files):
         sample = stratified_subset(labels(train), min(STATS_SAMPLE, len(train.y)), seed)
@@ -130,5 +153,5 @@ def build(data_cfg, aug_cfg, norm_cfg, batch: int, seed: int, device: torch.devi
 
     log.info("data %s: %d train / %d val / %d test images, %dx%dx%d, %s", data_cfg.name,
              *(len(p.y) for p in parts), channels, *size, "streamed from files" if stream else "in memory")
-    info = DataInfo(channels, size[0], size[1], len(source.class_names), list(source.class_names))
+    info = DataInfo(channels, size[0], size[1], len(class_names), class_names)
     return Data(info, loader(parts[0], True), loader(parts[1], False), loader(parts[2], False))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Optional
 
@@ -20,24 +21,43 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = "1"
 
 
-def read_image(path: str, size: tuple[int, int], channels: int) -> Optional[torch.Tensor]:
-    """uint8 (C, H, W) at ``size`` (H, W), or None when the file cannot be decoded."""
+def read_image(path: str, size: tuple[int, int], channels: int) -> tuple[Optional[torch.Tensor], bool]:
+    """uint8 (C, H, W) at ``size`` (H, W), or None when the file cannot be decoded; and whether the file
+    had another size or channel count (and was converted)."""
     try:
         with Image.open(path) as im:
+            converted = im.size != (size[1], size[0]) or image_channels(im.mode) != channels
             im = im.convert("L" if channels == 1 else "RGB")
             if im.size != (size[1], size[0]):
                 im = im.resize((size[1], size[0]), Image.BILINEAR)
             arr = np.asarray(im)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return None
+        return None, False
     t = torch.from_numpy(arr.copy())
-    return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
+    return (t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)), converted
 
 
-def probe(path: str) -> tuple[tuple[int, int], int]:
-    """(H, W) and channel count (1 for grey-scale modes, else 3) of an image file."""
-    with Image.open(path) as im:
-        return (im.height, im.width), 1 if im.mode in ("1", "L", "I", "I;16", "F") else 3
+def image_channels(mode: str) -> int:
+    return 1 if mode in ("1", "L", "I", "I;16", "F") else 3
+
+
+PROBES = 200  # files whose headers decide a folder's image size and channels
+
+
+def majority_geometry(paths: list[str]) -> tuple[tuple[int, int], int]:
+    """The most common (H, W) and channel count among up to :data:`PROBES` files spread over ``paths``
+    (unreadable ones passed over), so one odd file, wherever it sorts, decides nothing."""
+    step = max(1, len(paths) // PROBES)
+    seen: Counter = Counter()
+    for path in paths[::step][:PROBES]:
+        try:
+            with Image.open(path) as im:
+                seen[((im.height, im.width), image_channels(im.mode))] += 1
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            continue
+    if not seen:
+        raise ValueError(f"none of {min(len(paths), PROBES)} image files probed could be read")
+    return seen.most_common(1)[0][0]
 
 
 class FileDataset(Dataset):
@@ -48,21 +68,22 @@ class FileDataset(Dataset):
         return len(self.files.paths)
 
     def __getitem__(self, i: int):
-        return read_image(self.files.paths[i], self.size, self.channels), self.files.y[i]
+        return *read_image(self.files.paths[i], self.size, self.channels), self.files.y[i]
 
 
 def collate_readable(batch):
-    """Stack the decoded images, dropping unreadable ones: (x uint8, y, number dropped)."""
-    ok = [(x, y) for x, y in batch if x is not None]
+    """Stack the decoded images, dropping unreadable ones: (x uint8, y, number dropped, number converted)."""
+    ok = [(x, y) for x, _, y in batch if x is not None]
+    converted = sum(c for _, c, _ in batch)
     if not ok:
-        return None, None, len(batch)
+        return None, None, len(batch), converted
     xs, ys = zip(*ok)
-    return torch.stack(xs), torch.stack(ys), len(batch) - len(ok)
+    return torch.stack(xs), torch.stack(ys), len(batch) - len(ok), converted
 
 
 def file_loader(files: Files, size, channels, batch: int, num_workers: int, sampler=None, pin_memory=False):
-    """Batches ``(x uint8, y, number unreadable)`` in file order, or in ``sampler``'s; the workers persist
-    between passes."""
+    """Batches ``(x uint8, y, number unreadable, number converted)`` in file order, or in ``sampler``'s;
+    the workers persist between passes."""
     return DataLoader(
         FileDataset(files, size, channels), batch_size=batch, sampler=sampler, num_workers=num_workers,
         collate_fn=collate_readable, persistent_workers=num_workers > 0, pin_memory=pin_memory,
@@ -70,17 +91,19 @@ def file_loader(files: Files, size, channels, batch: int, num_workers: int, samp
     )
 
 
-def decode_files(files: Files, size: tuple[int, int], channels: int, num_workers: int) -> tuple[Images, int]:
-    """Decode every file; returns the readable images and the number of unreadable files skipped."""
-    xs, ys, bad = [], [], 0
-    for x, y, dropped in file_loader(files, size, channels, 256, num_workers):
+def decode_files(files: Files, size: tuple[int, int], channels: int, num_workers: int) -> tuple[Images, int, int]:
+    """Decode every file, converting those of another size or channel count; returns the readable
+    images, how many files could not be read (skipped) and how many were converted."""
+    xs, ys, bad, odd = [], [], 0, 0
+    for x, y, dropped, converted in file_loader(files, size, channels, 256, num_workers):
         bad += dropped
+        odd += converted
         if x is not None:
             xs.append(x)
             ys.append(y)
     if not xs:
         raise ValueError(f"none of the {len(files.paths)} image files could be decoded")
-    return Images(torch.cat(xs), torch.cat(ys)), bad
+    return Images(torch.cat(xs), torch.cat(ys)), bad, odd
 
 
 def cache_key(files: Files, size: tuple[int, int], channels: int) -> str:
@@ -98,15 +121,14 @@ def default_cache_dir() -> Path:
 
 def decode_cached(
     files: Files, size: tuple[int, int], channels: int, num_workers: int, cache_dir: Optional[str]
-) -> Images:
-    """Decode once, then reuse: the tensors are saved under the cache dir keyed by :func:`cache_key`."""
+) -> tuple[Images, int, int]:
+    """Decode once, then reuse: the tensors (and the counts :func:`decode_files` returns) are saved under
+    the cache dir keyed by :func:`cache_key`."""
     path = Path(cache_dir or default_cache_dir()) / f"{cache_key(files, size, channels)}.pt"
     if path.exists():
         saved = load(path)
-        return Images(saved["x"], saved["y"])
-    images, bad = decode_files(files, size, channels, num_workers)
-    if bad:
-        log.warning("skipped %d unreadable image files of %d", bad, len(files.paths))
-    save_atomic({"x": images.x, "y": images.y}, path)
+        return Images(saved["x"], saved["y"]), saved.get("skipped", 0), saved.get("converted", 0)
+    images, bad, odd = decode_files(files, size, channels, num_workers)
+    save_atomic({"x": images.x, "y": images.y, "skipped": bad, "converted": odd}, path)
     log.info("decoded %d images (%dx%dx%d) into the cache %s", len(images.y), channels, *size, path)
-    return images
+    return images, bad, odd

@@ -28,25 +28,51 @@ def require_root(cfg) -> Path:
     return root
 
 
+def nonempty_file(entry: os.DirEntry) -> bool:
+    """A regular file (or a link to one) with content; False for links that loop or lead nowhere."""
+    try:
+        return entry.is_file() and entry.stat().st_size > 0
+    except OSError:
+        return False
+
+
 def image_files(folder: Path) -> list[Path]:
-    """Image files directly in ``folder``, sorted, empty ones left out (and counted in the log)."""
+    """Image files directly in ``folder``, sorted; empty files and broken links left out (and counted)."""
     with os.scandir(folder) as entries:
-        files = [e for e in entries if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES and e.is_file()]
-    readable = sorted(Path(e.path) for e in files if e.stat().st_size > 0)
+        files = [e for e in entries if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES]
+    readable = sorted(Path(e.path) for e in files if nonempty_file(e))
     if len(readable) < len(files):
-        log.warning("skipped %d empty image files in %s", len(files) - len(readable), folder)
+        log.warning("skipped %d empty image files or broken links in %s", len(files) - len(readable), folder)
     return readable
 
 
 def class_dirs(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """Class folders of ``folder``: real directories holding image files. Links to directories and folders
+    without images are left out, with one warning naming them, so they never become extra classes."""
+    names, links, empty = [], [], []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or not p.is_dir():
+            continue
+        if p.is_symlink():
+            links.append(p.name)
+        elif not image_files(p):
+            empty.append(p.name)
+        else:
+            names.append(p.name)
+    for kind, left in (("links to directories", links), ("folders without images", empty)):
+        if left:
+            log.warning("left out of the classes in %s, %s: %s", folder, kind, ", ".join(left))
+    return names
 
 
-def list_classes(folder: Path, classes: Sequence[str]) -> Files:
-    """Files of ``folder/<class>/`` for each class, labelled by the class's position in ``classes``."""
+def list_classes(folder: Path, classes: Sequence[str], named: bool = False) -> Files:
+    """Files of ``folder/<class>/`` for each class, labelled by the class's position in ``classes``;
+    ``named``: the user chose the classes, and one without images is an error."""
     paths, labels = [], []
     for label, name in enumerate(classes):
         found = image_files(folder / name) if (folder / name).is_dir() else []
+        if named and not found:
+            raise ConfigError("data.classes", f"{name}: no images in {folder / name}")
         paths += [str(p) for p in found]
         labels += [label] * len(found)
     if not paths:
@@ -103,5 +129,5 @@ def imagenet_subset(cfg) -> Source:
     if missing:
         raise ConfigError("data.classes", f"not in {root / 'train'}: {', '.join(missing)}")
     held_out = root / "val" if (root / "val").is_dir() else None
-    return Source(list_classes(root / "train", names), names,
+    return Source(list_classes(root / "train", names, named=bool(cfg.classes)), names,
                   test=list_classes(held_out, names) if held_out else None)

@@ -90,7 +90,7 @@ class StreamLoader(ResumableLoader):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         skipped, skip = 0, self.begin_pass()
-        for i, (x, y, dropped) in enumerate(self.loader):
+        for i, (x, y, dropped, _) in enumerate(self.loader):
             if i < skip:
                 continue  # decoded again, but taken before the pass was interrupted
             skipped += dropped

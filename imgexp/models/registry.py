@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from dataclasses import fields
 from typing import Callable, Optional, Sequence
 
@@ -49,6 +48,7 @@ def create_model(cfg, info) -> nn.Module:
     model = MODELS[cfg.name](
         in_channels=info.channels, num_classes=info.num_classes, image_size=(info.height, info.width), **kwargs
     )
+    check_input_size(model, cfg.name, info)
     heads = head_names(model, cfg.name)
     if cfg.get("pretrained", False):
         load_pretrained(model, cfg.name, heads, info.channels)
@@ -60,6 +60,20 @@ def create_model(cfg, info) -> nn.Module:
         for head in heads:
             model.get_submodule(head).requires_grad_(True)
     return model
+
+
+def check_input_size(model: nn.Module, name: str, info) -> None:
+    """One forward pass of two blank images of the data's size, so an image size the architecture cannot
+    take fails here with the key to change, not mid-epoch."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(2, info.channels, info.height, info.width))
+    except RuntimeError as err:
+        raise ConfigError("data.image_size", f"{info.height}x{info.width} images are too small for {name}: "
+                                             f"{str(err).splitlines()[0][:200]}") from None
+    finally:
+        model.train(was_training)
 
 
 def head_names(model: nn.Module, name: str) -> tuple[str, ...]:
@@ -102,10 +116,15 @@ def module_of(key: str) -> str:
 
 def load_weights(model: nn.Module, path: str) -> None:
     """Load a state dict saved with ``torch.save``; every key and shape must match."""
+    if not os.path.isfile(path):
+        raise ConfigError("model.weights", f"cannot load {path}: no such file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, pickle.UnpicklingError) as err:
-        raise ConfigError("model.weights", f"cannot load {path}: {str(err).splitlines()[0]}") from None
+    except Exception as err:  # noqa: BLE001 - torch.load raises many kinds on a file that is not a checkpoint
+        reason = str(err).splitlines()[0].split(". ")[0] if str(err).strip() else type(err).__name__
+        raise ConfigError("model.weights", f"{path} is not a PyTorch checkpoint ({reason[:120]})") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict) and "optimizer" in state:
+        state = state["model"]  # a run's last.pt: its model weights
     if not isinstance(state, dict):
         raise ConfigError("model.weights", f"{path} holds a {type(state).__name__}, not a state dict")
     own = model.state_dict()

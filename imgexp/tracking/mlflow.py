@@ -4,14 +4,23 @@ with the error and keeps everything logged before it. A run stopped by a pruner 
 ``imgexp.status=interrupted``, and can be resumed (``resume=``), which reopens the same run."""
 from __future__ import annotations
 
+import getpass
+import logging
 import os
 import socket
 import subprocess
+import sys
+import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
+from imgexp.config import ConfigError
 from imgexp.errors import describe
+from imgexp.locks import sqlite_path, store_lock
+
+log = logging.getLogger(__name__)
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 SWEEP_ID_TAG = "imgexp.sweep_id"  # on a sweep's parent run and on each of its children
@@ -19,6 +28,7 @@ ERROR_TAG = "imgexp.error"  # a FAILED run's one-line error
 STATUS_TAG = "imgexp.status"  # "pruned" for a run a pruner stopped early, "interrupted" for a resumable one
 CONFIG_HASH_TAG = "imgexp.config_hash"  # imgexp.config.config_hash of the run's config
 CHECKPOINT_DIR_TAG = "imgexp.checkpoint_dir"  # where the run's last.pt and best.pt are on its host
+HOST_TAG, PID_TAG = "imgexp.host", "imgexp.pid"  # the process running the run
 
 
 class Tracker:
@@ -36,40 +46,202 @@ class Tracker:
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: Optional[str] = None) -> None: ...
 
+    def set_tags(self, tags: dict[str, str]) -> None: ...
+
     def last_logged_epoch(self) -> int:
         """The last epoch whose metrics the run holds (0: none); a resumed run logs only later ones."""
         return 0
 
 
+def unreachable(err: BaseException) -> bool:
+    """Whether an MLflow call failed because the tracking server could not be reached (or answered 5xx
+    from a gateway), rather than because of what was sent."""
+    import requests
+
+    text = str(err)
+    return isinstance(err, requests.exceptions.RequestException) or any(
+        marker in text for marker in ("failed with exception", "Max retries exceeded", "Connection refused",
+                                      "Response: 502", "Response: 503", "Response: 504"))
+
+
 class MlflowTracker(Tracker):
-    def __init__(self, run) -> None:
-        import mlflow
+    """Logs to one MLflow run through a client. When the server cannot be reached, training goes on: what
+    could not be sent is kept in order in a :class:`~imgexp.tracking.spool.Spool` and sent once the
+    server answers again (tried at most every ``RETRY_S`` seconds)."""
 
-        self._mlflow, self.run_id = mlflow, run.info.run_id
+    RETRY_S = 20.0
 
-    def last_logged_epoch(self) -> int:
-        history = self._mlflow.MlflowClient().get_metric_history(self.run_id, "val/acc")
-        return max((m.step for m in history), default=0)
+    def __init__(self, client, run_id: str, uri: str, spool_dir: Path) -> None:
+        from imgexp.tracking.spool import Spool
+
+        self.client, self.run_id, self.uri = client, run_id, uri
+        self.spool = Spool(spool_dir, uri, run_id)
+        self.offline = self.spool.pending() > 0
+        self.last_try = 0.0
+
+    def _send_spool(self) -> bool:
+        """Try to send what is spooled (rate-limited); True once nothing is left."""
+        if not self.offline:
+            return True
+        if time.monotonic() - self.last_try < self.RETRY_S:
+            return False
+        self.last_try = time.monotonic()
+        try:
+            sent = self.spool.send(self.client)
+        except Exception as err:  # noqa: BLE001 - unreachable: try again later; anything else is a bug
+            if unreachable(err):
+                return False
+            raise
+        log.info("tracking server %s answers again: sent %d spooled operations", self.uri, sent)
+        self.offline = False
+        return True
+
+    def _do(self, send: Callable[[], object], spool: Callable[[], None]) -> None:
+        if self._send_spool():
+            try:
+                send()
+                return
+            except Exception as err:  # noqa: BLE001 - see unreachable()
+                if not unreachable(err):
+                    raise
+                log.warning("tracking server %s unreachable (%s): training goes on, tracking is kept in %s "
+                            "until it answers", self.uri, describe(err)[:200], self.spool.folder)
+                self.offline, self.last_try = True, time.monotonic()
+        spool()
+
+    def _metrics(self, metrics: dict[str, float], step: Optional[int]) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self._do(lambda: self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step or 0)
+                                                                      for k, v in metrics.items()]),
+                 lambda: self.spool.append({"op": "metrics", "metrics": {k: float(v) for k, v in metrics.items()},
+                                            "step": step, "ts": ts}))
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        self._mlflow.log_metrics(metrics, step=epoch)
+        self._metrics(metrics, epoch)
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
-        self._mlflow.log_metrics(metrics)
+        self._metrics(metrics, None)
+
+    def log_params(self, params: dict[str, object]) -> None:
+        from mlflow.entities import Param
+
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+
+    def _file(self, artifact_file: str, write: Callable[[Path], None]) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / Path(artifact_file).name
+            write(local)
+            self.log_artifact(local, str(Path(artifact_file).parent) if "/" in artifact_file else None)
 
     def log_figure(self, figure, artifact_file: str) -> None:
-        self._mlflow.log_figure(figure, artifact_file)
+        self._file(artifact_file, lambda path: figure.savefig(path))
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self._mlflow.log_text(text, artifact_file)
+        self._file(artifact_file, lambda path: path.write_text(text))
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: Optional[str] = None) -> None:
-        self._mlflow.log_artifact(str(path), artifact_path)
+        self._do(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path),
+                 lambda: self.spool.keep_file(path, artifact_path))
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self._do(lambda: self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]),
+                 lambda: self.spool.append({"op": "tags", "tags": {k: str(v) for k, v in tags.items()}}))
+
+    def last_logged_epoch(self) -> int:
+        history = self.client.get_metric_history(self.run_id, "val/acc")
+        return max((m.step for m in history), default=0)
+
+    def end(self, status: str, wait_s: float) -> None:
+        """End the run with ``status``; while the server is down, wait up to ``wait_s`` for it, then say
+        where the unsent tracking is and how to send it."""
+        self._do(lambda: self.client.set_terminated(self.run_id, status),
+                 lambda: self.spool.append({"op": "end", "status": status}))
+        if not self.offline:
+            return
+        log.warning("tracking server %s unreachable: waiting up to %d s to send %d spooled operations",
+                    self.uri, wait_s, self.spool.pending())
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if self._send_spool():
+                return
+            time.sleep(min(self.RETRY_S, max(0.0, deadline - time.monotonic())))
+        log.error("tracking server %s still unreachable: %d operations of run %s are kept in %s; send them "
+                  "with: python -m imgexp.tracking.spool %s", self.uri, self.spool.pending(), self.run_id,
+                  self.spool.folder, self.spool.folder)
 
 
 def tracking_uri(configured: Optional[str]) -> str:
-    """Config first, then ``$MLFLOW_TRACKING_URI``, then a SQLite file in the working directory."""
-    return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    """Config first, then ``$MLFLOW_TRACKING_URI``, then a SQLite file in the working directory. A relative
+    SQLite path is made absolute: MLflow caches stores by URI, and the working directory can change."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    db = sqlite_path(uri)
+    return f"sqlite:///{db.resolve()}" if db is not None and not uri.startswith("sqlite:////") else uri
+
+
+def open_store(uri: str):
+    """An ``MlflowClient`` for ``uri``, after checking, within seconds, that the store can be used: a
+    server answers its health check, a SQLite file can be written. Failed HTTP calls are retried twice,
+    not MLflow's default seven times (minutes), since a run keeps what it cannot send (see MlflowTracker)."""
+    from mlflow import MlflowClient
+
+    for key, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+                       ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
+        os.environ.setdefault(key, value)
+    if uri.startswith(("http://", "https://")):
+        import requests
+
+        try:
+            requests.get(f"{uri.rstrip('/')}/health", timeout=5).raise_for_status()
+        except requests.exceptions.RequestException as err:
+            raise ConfigError("tracking.uri", f"no MLflow server answers at {uri}: {describe(err)[:300]}") from None
+    db = sqlite_path(uri)
+    if db is not None:
+        target = db.resolve() if db.exists() else db.parent.resolve()
+        if not os.access(target, os.W_OK):
+            raise ConfigError("tracking.uri", f"{target} is read-only: the MLflow store {uri} cannot be written")
+    with store_lock(uri):  # one process at a time creates (or migrates) a new SQLite store
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)
+    return client
+
+
+def experiment_id(client, name: str) -> str:
+    """The experiment's id, created if new (under the store lock: concurrent runs create it once)."""
+    with store_lock(client.tracking_uri):
+        experiment = client.get_experiment_by_name(name)
+        return experiment.experiment_id if experiment else client.create_experiment(name)
+
+
+def process_alive(tags: dict[str, str]) -> bool:
+    """Whether the process that ran a run (tags ``imgexp.host``, ``imgexp.pid``) still runs on this host;
+    False when it ran elsewhere, since that cannot be seen from here."""
+    if tags.get(HOST_TAG) != socket.gethostname() or not tags.get(PID_TAG, "").isdigit():
+        return False
+    try:
+        os.kill(int(tags[PID_TAG]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def close_lost_runs(client, experiment: str) -> None:
+    """Mark KILLED the RUNNING runs of this host whose process is gone (SIGKILL, the OOM killer): nothing
+    else would ever close them. Their checkpoints stay, so ``resume=auto`` still continues them."""
+    runs = client.search_runs([experiment], f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = "
+                                            f"'{socket.gethostname()}'")
+    for run in runs:
+        if not process_alive(run.data.tags):
+            client.set_tag(run.info.run_id, STATUS_TAG, "lost")
+            client.set_tag(run.info.run_id, ERROR_TAG, f"its process ({run.data.tags[PID_TAG]} on "
+                                                       f"{run.data.tags[HOST_TAG]}) ended without closing the run")
+            client.set_terminated(run.info.run_id, "KILLED")
+            log.warning("run %s: its process is gone; marked KILLED", run.info.run_id)
 
 
 def git_commit(path: str | os.PathLike = ".") -> Optional[str]:
@@ -92,51 +264,54 @@ def start_run(
     tags: dict[str, str],
     parent_run_id: Optional[str] = None,
     run_id: Optional[str] = None,
+    spool_dir: str | Path = "mlflow_spool",
+    offline_wait_s: float = 600,
 ) -> Iterator[Tracker]:
     """Open an MLflow run (a child of ``parent_run_id``, when given) with ``params`` and ``tags`` logged,
     or reopen run ``run_id`` (resuming: its params are already there), yield a tracker, and close it
     FINISHED, or FAILED with the error in tag ``imgexp.error``; an error whose ``run_status`` attribute is
     ``"pruned"`` leaves it FINISHED, tagged ``imgexp.status=pruned``, and ``"interrupted"`` KILLED, tagged
-    ``imgexp.status=interrupted``."""
+    ``imgexp.status=interrupted``. A server that goes away during the run: see :class:`MlflowTracker`."""
     if not enabled:
         yield Tracker()
         return
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri(uri))
-    tags = {**tags, "imgexp.host": socket.gethostname(), "imgexp.pid": str(os.getpid())}
+    uri, resumed = tracking_uri(uri), run_id is not None
+    client = open_store(uri)
+    tags = {**tags, HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
     commit = git_commit(Path(__file__).resolve().parent)
     if commit:
         tags["mlflow.source.git.commit"] = commit
     if run_id:  # resuming: the interruption's status and error no longer describe the run
-        client = mlflow.MlflowClient()
         previous = client.get_run(run_id)
         for tag in (STATUS_TAG, ERROR_TAG):
             if tag in previous.data.tags:
                 client.delete_tag(run_id, tag)
-        mlflow.set_experiment(experiment_id=previous.info.experiment_id)
-        run = mlflow.start_run(run_id=run_id)
-        mlflow.set_tags(tags)
+        client.update_run(run_id, status="RUNNING")
     else:
-        mlflow.set_experiment(experiment)
+        exp = experiment_id(client, experiment)
+        close_lost_runs(client, exp)
         if parent_run_id:
-            parent_tags = mlflow.MlflowClient().get_run(parent_run_id).data.tags
-            tags = {**tags, SWEEP_ID_TAG: parent_tags.get(SWEEP_ID_TAG, parent_run_id)}
-        run = mlflow.start_run(run_name=run_name, tags=tags, parent_run_id=parent_run_id)
+            parent_tags = client.get_run(parent_run_id).data.tags
+            tags |= {SWEEP_ID_TAG: parent_tags.get(SWEEP_ID_TAG, parent_run_id), "mlflow.parentRunId": parent_run_id}
+        tags |= {"mlflow.user": getpass.getuser(), "mlflow.source.name": sys.argv[0], "mlflow.source.type": "LOCAL"}
+        run_id = client.create_run(exp, run_name=run_name, tags=tags).info.run_id
+    tracker = MlflowTracker(client, run_id, uri, Path(spool_dir))
     try:
-        if not run_id:
-            mlflow.log_params(params)
-        yield MlflowTracker(run)
+        if resumed:
+            tracker.set_tags(tags)
+        else:
+            tracker.log_params(params)
+        yield tracker
     except BaseException as err:
         status = getattr(err, "run_status", None)
         if status == "pruned":
-            mlflow.set_tag(STATUS_TAG, "pruned")
-            mlflow.end_run("FINISHED")
+            tracker.set_tags({STATUS_TAG: "pruned"})
+            tracker.end("FINISHED", offline_wait_s)
         elif status == "interrupted":
-            mlflow.set_tags({STATUS_TAG: "interrupted", ERROR_TAG: describe(err)[:5000]})
-            mlflow.end_run("KILLED")
+            tracker.set_tags({STATUS_TAG: "interrupted", ERROR_TAG: describe(err)[:5000]})
+            tracker.end("KILLED", 0)
         else:
-            mlflow.set_tag(ERROR_TAG, describe(err)[:5000])
-            mlflow.end_run("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+            tracker.set_tags({ERROR_TAG: describe(err)[:5000]})
+            tracker.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED", 0)
         raise
-    mlflow.end_run("FINISHED")
+    tracker.end("FINISHED", offline_wait_s)

@@ -7,14 +7,13 @@ import logging
 import os
 import re
 import shutil
-import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from imgexp.config import ConfigError
-from imgexp.tracking.mlflow import CHECKPOINT_DIR_TAG, CONFIG_HASH_TAG, tracking_uri
+from imgexp.tracking.mlflow import CHECKPOINT_DIR_TAG, CONFIG_HASH_TAG, process_alive, tracking_uri
 
 log = logging.getLogger(__name__)
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -36,12 +35,12 @@ def copy_checkpoints(src_dir: Path, dest_dir: Path) -> None:
 
 
 def from_path(path: Path, dest_dir: Path) -> ResumePoint:
-    """A checkpoint file, or a directory holding ``last.pt`` or ``checkpoints/last.pt``."""
-    if path.is_dir():
-        found = next((d for d in (path, path / "checkpoints") if (d / "last.pt").exists()), None)
-        if found is None:
-            raise ConfigError("resume", f"no last.pt in {path} or {path / 'checkpoints'}")
-        path = found / "last.pt"
+    """A checkpoint file, a folder holding ``last.pt``, or an output dir (its newest ``checkpoints/*/last.pt``)."""
+    if path.is_dir():  # a checkpoint folder, or an output dir with checkpoints/<run id>/
+        found = [path / "last.pt"] if (path / "last.pt").exists() else list(path.glob("checkpoints/*/last.pt"))
+        if not found:
+            raise ConfigError("resume", f"no last.pt in {path} or {path / 'checkpoints/*'}")
+        path = max(found, key=lambda f: f.stat().st_mtime)
     if path.name != "last.pt":  # a single file under another name: it alone is the state
         dest_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, dest_dir / "last.pt")
@@ -60,19 +59,6 @@ def download_checkpoints(client, run_id: str, dest_dir: Path) -> bool:
         for name in ("last.pt", "best.pt"):
             if name in names:
                 shutil.copy2(client.download_artifacts(run_id, f"checkpoints/{name}", tmp), dest_dir / name)
-    return True
-
-
-def process_alive(tags: dict[str, str]) -> bool:
-    """Whether the process that ran the run is still running on this host."""
-    if tags.get("imgexp.host") != socket.gethostname() or not tags.get("imgexp.pid", "").isdigit():
-        return False
-    try:
-        os.kill(int(tags["imgexp.pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 

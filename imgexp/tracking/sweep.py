@@ -10,7 +10,7 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
-from imgexp.tracking.mlflow import SWEEP_ID_TAG, git_commit, tracking_uri
+from imgexp.tracking.mlflow import SWEEP_ID_TAG, experiment_id, git_commit, open_store, tracking_uri
 
 SWEEPER_KEYS = ("tracking.parent_run_id=", "trial.")  # overrides the sweepers add to every job
 ROLE_TAG = "imgexp.role"  # "sweep" on parent runs
@@ -25,21 +25,18 @@ class ParentRun:
         self.run_id: Optional[str] = None
         if not tracking.enabled:
             return
-        from mlflow import MlflowClient
-
-        self.client = MlflowClient(tracking_uri(tracking.uri))
+        self.client = open_store(tracking_uri(tracking.uri))
         if run_id:  # resuming: reopen the sweep's existing parent
             self.client.update_run(run_id, status="RUNNING")
             self.run_id = run_id
             return
-        experiment = self.client.get_experiment_by_name(tracking.experiment)
-        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(tracking.experiment)
         tags = {ROLE_TAG: "sweep", SWEEPER_TAG: sweeper, SWEEP_ID_TAG: sweep_id,
                 "imgexp.overrides": " ".join(arguments)}
         commit = git_commit(Path(__file__).resolve().parent)
         if commit:
             tags["mlflow.source.git.commit"] = commit
-        self.run_id = self.client.create_run(experiment_id, run_name=f"sweep {sweep_id}", tags=tags).info.run_id
+        experiment = experiment_id(self.client, tracking.experiment)
+        self.run_id = self.client.create_run(experiment, run_name=f"sweep {sweep_id}", tags=tags).info.run_id
 
     def child_override(self) -> list[str]:
         """The override that makes a job's run a child of this one."""

@@ -2,8 +2,8 @@
 limit), SIGUSR1 / SIGUSR2 (what SLURM sends ahead of a time limit or preemption with ``--signal``; SIGUSR2
 is submitit's) and Ctrl-C. The trainer finishes its step, saves ``last.pt`` and raises
 :class:`~imgexp.train.trainer.TrainingInterrupted`; a second Ctrl-C stops at once. A Python handler the
-process had before (submitit's, which requeues a SLURM job) is attached to the exception as ``chain``,
-for the app to call once the run is closed."""
+process had for SIGUSR1/SIGUSR2 (submitit's, which requeues a SLURM job) is attached to the exception as
+``chain``, for the app to call once the run is closed."""
 from __future__ import annotations
 
 import logging
@@ -36,8 +36,8 @@ def stop_on_signals(trainer: Trainer) -> Iterator[None]:
     try:
         yield
     except TrainingInterrupted as err:
-        handler = previous[err.signum]  # e.g. submitit's, which requeues a SLURM job that timed out
-        if callable(handler) and handler is not signal.default_int_handler:
+        handler = previous[err.signum]  # on SLURM's warning signals: submitit's, which requeues the job
+        if err.signum in (signal.SIGUSR1, signal.SIGUSR2) and callable(handler):
             err.chain = handler
         raise
     finally:

@@ -1,0 +1,283 @@
+"""Faults and bad input: nothing logged is lost, nothing is silently wrong. Concurrent runs, signals, a
+killed process, odd and unreadable images, a tracking server that is missing, read-only or goes away,
+and values that name their key."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+from PIL import Image
+
+from imgexp.checkpoint import load
+from imgexp.config import ConfigError
+from imgexp.data import build as build_data
+from imgexp.models import create_model
+from imgexp.run import run
+
+from conftest import run_cli, write_image
+from test_resume import env, runs, start, wait_for
+
+FAST = ["progress=false", "analysis=none"]
+
+
+# ------------------------------------------------------------------ concurrent runs
+def test_two_runs_started_together_in_a_fresh_directory(workdir, compose_cfg):
+    procs = [start(["epochs=2", *FAST, *extra], workdir) for extra in ([], ["optimizer.lr=1e-7"])]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]  # neither dies creating the SQLite store
+    client, both = runs(workdir)
+    assert len(both) == 2 and {r.info.status for r in both} == {"FINISHED"}
+    dirs = {r.data.tags["imgexp.checkpoint_dir"] for r in both}
+    assert len(dirs) == 2 and all(r.info.run_id in r.data.tags["imgexp.checkpoint_dir"] for r in both)
+    cfg = compose_cfg("device=cpu")
+    data = build_data(cfg.data, cfg.augmentation, cfg.normalization, cfg.batch, cfg.seed, torch.device("cpu"))
+    x, y = (torch.cat(t) for t in zip(*data.test))
+    for r in both:  # each run's logged test accuracy is that of its own checkpoint artifact
+        model = create_model(cfg.model, data.info).eval()
+        model.load_state_dict(load(client.download_artifacts(r.info.run_id, "checkpoints/best.pt", str(workdir))))
+        with torch.no_grad():
+            acc = (model(x).argmax(1) == y).float().mean().item()
+        assert acc == pytest.approx(r.data.metrics["test/acc"])
+    lr = {r.data.params["optimizer.lr"]: r.data.metrics["test/acc"] for r in both}
+    assert lr["0.001"] > 0.8 > lr["1e-07"]
+
+
+# ------------------------------------------------------------------ signals and killed processes
+def test_ctrl_c_stops_with_one_line_and_a_resumable_run(workdir):
+    proc = start(["epochs=4", "batch=16", *FAST], workdir)
+    wait_for("outputs/*/*/checkpoints/*/last.pt", workdir, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("imgexp: stopped by SIGINT")
+    _, (r,) = runs(workdir)
+    assert r.info.status == "KILLED" and r.data.tags["imgexp.status"] == "interrupted"
+
+
+def test_sigterm_while_drawing_plots_ends_killed_with_one_line(workdir):
+    proc = start(["epochs=1", "progress=false", "analysis=full"], workdir)  # minutes of plots after training
+    deadline = time.time() + 120
+    while not (workdir / "mlflow.db").exists() or "test/acc" not in metric_keys(workdir):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "imgexp: stopped by SIGTERM"
+    _, (r,) = runs(workdir)
+    assert r.info.status == "KILLED" and "test/acc" in r.data.metrics  # what was logged is kept
+
+
+def metric_keys(workdir: Path) -> set[str]:
+    import sqlite3
+
+    with sqlite3.connect(workdir / "mlflow.db") as db:
+        try:
+            return {k for (k,) in db.execute("select distinct key from metrics")}
+        except sqlite3.OperationalError:  # tables not created yet
+            return set()
+
+
+def test_a_killed_process_run_is_closed_by_the_next_run(workdir):
+    proc = start(["epochs=4", "batch=16", *FAST], workdir)
+    wait_for("outputs/*/*/checkpoints/*/last.pt", workdir, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert runs(workdir)[1][0].info.status == "RUNNING"
+    assert run_cli("epochs=1", *FAST, cwd=workdir).returncode == 0
+    _, (lost, new) = runs(workdir)
+    assert lost.info.status == "KILLED" and lost.data.tags["imgexp.status"] == "lost"
+    assert "ended without closing the run" in lost.data.tags["imgexp.error"] and new.info.status == "FINISHED"
+
+
+# ------------------------------------------------------------------ odd and unreadable images
+def folder_data(compose_cfg, root: Path, tmp_path: Path, *overrides: str):
+    cfg = compose_cfg("data=imagefolder", f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}",
+                      "data.num_workers=0", "device=cpu", *overrides)
+    return build_data(cfg.data, cfg.augmentation, cfg.normalization, cfg.batch, cfg.seed, torch.device("cpu"))
+
+
+def test_size_and_channels_come_from_the_majority(compose_cfg, tmp_path, caplog):
+    root = tmp_path / "tree"
+    for label, name in enumerate(["ant", "bee", "cow"]):
+        for i in range(1, 9):
+            write_image(root / name / f"{i}.png", label, size=16)
+    write_image(root / "ant" / "0_grey.png", 0, size=16, mode="L")  # sorts first
+    Image.new("RGB", (1, 1), (20, 20, 20)).save(root / "ant" / "00_tiny.png")  # sorts before it
+    with caplog.at_level(logging.INFO):
+        data = folder_data(compose_cfg, root, tmp_path)
+    assert (data.info.channels, data.info.height, data.info.width) == (3, 16, 16)
+    assert "converted 2 of 26 images to 3x16x16" in caplog.text
+    data = folder_data(compose_cfg, root, tmp_path, "data.image_size=8", "data.channels=1")
+    assert (data.info.channels, data.info.height) == (1, 8)
+
+
+def test_unreadable_files_and_odd_folders_are_left_out_and_named(compose_cfg, tmp_path, caplog):
+    root = tmp_path / "tree"
+    for label, name in enumerate(["ant", "bee", "cow"]):
+        for i in range(1, 9):
+            write_image(root / name / f"{i}.png", label, size=16)
+    (root / "ant" / "0_corrupt.png").write_bytes(b"not an image")  # sorts first
+    good = (root / "bee" / "1.png").read_bytes()
+    (root / "bee" / "0_truncated.png").write_bytes(good[: len(good) // 2])
+    os.symlink("loop_b.png", root / "cow" / "loop_a.png")
+    os.symlink("loop_a.png", root / "cow" / "loop_b.png")
+    (root / "deer").mkdir()  # no images
+    os.symlink(root / "ant", root / "ant_again")  # a link to a class folder
+    (root / "eel").mkdir()
+    for i in range(3):
+        (root / "eel" / f"{i}.png").write_bytes(b"broken")  # a class whose every image is unreadable
+    with caplog.at_level(logging.INFO):
+        data = folder_data(compose_cfg, root, tmp_path)
+    assert data.info.class_names == ["ant", "bee", "cow"]
+    text = caplog.text
+    assert "links to directories: ant_again" in text and "folders without images: deer" in text
+    assert "skipped 2 empty image files or broken links" in text  # the looping links
+    assert "skipped 5 unreadable image files of 29" in text  # corrupt, truncated and eel's three
+    assert "left out classes with no readable training image: eel" in text
+    x = torch.cat([b[0] for b in data.train])
+    assert x.shape[1:] == (3, 16, 16) and len(x) > 0
+
+    (root / "train").mkdir()  # imagenet_subset naming a class without images is an error
+    for name in ("ant", "deer"):
+        os.symlink(root / name, root / "train" / name)
+    cfg = compose_cfg("data=imagenet_subset", f"data.root={root}", "data.classes=[ant,deer]")
+    with pytest.raises(ConfigError, match=r"data.classes: deer: no images in"):
+        build_data(cfg.data, cfg.augmentation, cfg.normalization, cfg.batch, cfg.seed, torch.device("cpu"))
+
+
+# ------------------------------------------------------------------ the tracking store
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_server_fails_fast_before_loading_data(workdir):
+    uri = f"http://127.0.0.1:{free_port()}"
+    began = time.monotonic()
+    proc = run_cli("epochs=1", *FAST, f"tracking.uri={uri}", cwd=workdir)
+    assert time.monotonic() - began < 15
+    assert proc.returncode == 1 and "data digits" not in proc.stdout
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"imgexp: error: tracking.uri: no MLflow server answers at {uri}")
+
+
+def test_read_only_store_fails_fast(workdir):
+    db = workdir / "mlflow.db"
+    db.write_bytes(b"")
+    if subprocess.run(["chattr", "+i", str(db)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not permitted here")
+    try:
+        began = time.monotonic()
+        proc = run_cli("epochs=1", *FAST, cwd=workdir)
+        assert time.monotonic() - began < 15
+    finally:
+        subprocess.run(["chattr", "-i", str(db)])
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (f"imgexp: error: tracking.uri: {db} is read-only: the MLflow "
+                                                    f"store sqlite:///{db} cannot be written")
+
+
+class Server:
+    """A local ``mlflow server`` (SQLite, served artifacts) that can be stopped and started again."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.port, self.proc = folder, free_port(), None
+        self.uri = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--workers", "1", "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",
+             "--artifacts-destination", str(self.folder / "artifacts")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError("mlflow server did not start")
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(timeout=30)
+
+
+def test_tracking_server_away_during_the_run_loses_nothing(workdir):
+    server = Server(workdir)
+    server.start()
+    try:
+        # 1. down in epoch 2, back 10 s later: the run waits for it and ends FINISHED, nothing missing
+        a = start(["epochs=6", "batch=16", *FAST, f"tracking.uri={server.uri}", "tracking.experiment=a"], workdir)
+        wait_for("outputs/*/*/checkpoints/*/last.pt", workdir, a)
+        server.stop()
+        time.sleep(10)
+        server.start()
+        _, err = a.communicate(timeout=300)
+        assert a.returncode == 0, err[-2000:]
+        check_complete(MlflowClient(server.uri), "a")
+
+        # 2. down until after the run: it ends with one line naming the spool and the command that sends it
+        b = start(["epochs=6", "batch=16", *FAST, f"tracking.uri={server.uri}", "tracking.experiment=b",
+                   "tracking.offline_wait_s=0"], workdir)
+        wait_new_checkpoint(workdir, b)
+        server.stop()
+        out, err = b.communicate(timeout=300)
+        assert b.returncode == 0, err[-2000:]
+        line = next(x for x in out.splitlines() if "still unreachable" in x)
+        command = line.split("send them with: ")[1].split()
+        server.start()
+        sent = subprocess.run([sys.executable, *command[1:]], capture_output=True, text=True, env=env(), timeout=120)
+        assert sent.returncode == 0, sent.stderr[-2000:]
+        check_complete(MlflowClient(server.uri), "b")
+    finally:
+        server.stop()
+
+
+def wait_new_checkpoint(workdir: Path, proc: subprocess.Popen) -> None:
+    before = set(workdir.glob("outputs/*/*/checkpoints/*/last.pt"))
+    deadline = time.time() + 120
+    while not set(workdir.glob("outputs/*/*/checkpoints/*/last.pt")) - before:
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+
+
+def check_complete(client: MlflowClient, experiment: str) -> None:
+    (r,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert r.info.status == "FINISHED"
+    steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, "val/acc"))
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert {"test/acc", "test/f1_macro", "val/best_epoch"} <= set(r.data.metrics)
+    files = {a.path for d in ("", "checkpoints", "plots", "metrics") for a in client.list_artifacts(r.info.run_id, d)}
+    assert {"config.yaml", "checkpoints/best.pt", "checkpoints/last.pt", "plots/learning_curves.png",
+            "plots/confusion_matrix.png", "metrics/per_class.csv", "metrics/confusion_matrix.csv"} <= files
+
+
+# ------------------------------------------------------------------ bad values
+@pytest.mark.parametrize("overrides,message", [
+    (["+unknown_key=1"], r"^unknown_key: unknown key; the config has analysis, "),
+    (["+model.widthz=[8]"], r"^model.widthz: unknown key; model has dense, "),
+    (["data.image_size=1"], r"^data.image_size: 1x1 images are too small for small_cnn"),
+    (["topk=50"], r"^topk: 50 is more than the data's 10 classes"),
+    (["model.weights=WEIGHTS"], r"^model.weights: .*weights.pt is not a PyTorch checkpoint"),
+])
+def test_bad_values_name_their_key(compose_cfg, workdir, overrides, message):
+    (workdir / "weights.pt").write_text("not a checkpoint")
+    overrides = [o.replace("WEIGHTS", str(workdir / "weights.pt")) for o in overrides]
+    cfg = compose_cfg("epochs=1", "device=cpu", *FAST, *overrides)
+    with pytest.raises(ConfigError, match=message):
+        run(cfg, workdir / "out")
+    if overrides[0].startswith("+"):
+        assert not (workdir / "mlflow.db").exists(), "validated before the tracking store was opened"
