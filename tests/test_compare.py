@@ -318,3 +318,41 @@ def test_html_report_opens_in_chromium(cli, tmp_path):
     finally:
         browser.close()
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def setting_store(root: Path) -> str:
+    """Runs made with MlflowClient as imgexp logs them: epochs x batch, two seeds each, and the
+    tracking keys varying (they cannot change a result)."""
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("settings")
+    for epochs in (1, 2):
+        for batch in (32, 64):
+            for seed in (0, 1):
+                run_id = client.create_run(experiment).info.run_id
+                params = {"model.name": "small_cnn", "epochs": epochs, "batch": batch, "seed": seed,
+                          "tracking.run_name": f"r{seed}", "optimizer._target_": "torch.optim.Adam"}
+                for key, value in params.items():
+                    client.log_param(run_id, key, str(value))
+                client.log_metric(run_id, "test/acc", epochs / 10 + batch / 1000 + seed / 100)
+                client.set_terminated(run_id, "FINISHED")
+    return uri
+
+
+@pytest.mark.parametrize("columns,split", [(None, []), ("model", ["batch", "epochs"]), ("batch", ["epochs"])])
+def test_a_cell_never_pools_different_settings(tmp_path, columns, split):
+    uri = setting_store(tmp_path)
+    overrides = [f"tracking_uri={uri}", "experiment=settings", "metrics=[test/acc]", "digits=3"]
+    cfg = settings(*overrides, *([f"columns={columns}"] if columns else []))
+    markdown = compare(cfg, tmp_path / "out")
+    numbers = pd.read_csv(tmp_path / "out" / "table.csv")
+    assert len(numbers) == 4 and set(numbers.n) == {2}  # 4 settings, each pooling its two seeds only
+    for row in numbers.itertuples():
+        assert row.mean == pytest.approx((row.epochs / 10 + row.batch / 1000) + 0.005)
+    assert sorted(c for c in numbers.columns if c in ("model", "batch", "epochs")) == sorted(
+        ([columns] if columns else []) + (split or ["batch", "epochs"]))
+    if split:
+        assert f"also split by {', '.join(split)}, which differ between runs" in markdown
+    else:
+        assert "also split by" not in markdown
+    assert "differing only in the seed" in markdown

@@ -31,7 +31,7 @@ class CompareConfig:
     sweep: Optional[str] = None  # a parent run id, an imgexp.sweep_id tag value, or "latest"
     tags: Any = None  # {tag: value}: runs carrying all of these tags
     filter: Optional[str] = None  # an MLflow filter string, e.g. "params.epochs = '30'"
-    columns: Any = "model"  # a config key or a list of keys (one column per combination)
+    columns: Any = None  # a config key or a list of keys (one column per combination); None: the varying ones
     metrics: List[str] = field(default_factory=lambda: list(REPORT_B))  # the rows
     labels: Dict[str, str] = field(default_factory=lambda: dict(REPORT_B))  # metric -> row label
     epoch: str = "best"  # per-epoch metrics at val/best_epoch (best) or at the last epoch (last)
@@ -43,8 +43,8 @@ class CompareConfig:
 
     def __post_init__(self) -> None:
         require_choice(self.epoch, ("best", "last"), "epoch")
-        require(bool(as_list(self.columns)) and all(isinstance(c, str) for c in as_list(self.columns)),
-                "columns", "must be a config key or a list of keys")
+        require(all(isinstance(c, str) for c in as_list(self.columns)), "columns",
+                "must be a config key or a list of keys")
         require(all(isinstance(e, str) for e in as_list(self.experiment)), "experiment", "must be names")
         require(self.tags is None or isinstance(self.tags, dict), "tags", "must be {tag: value, ...}")
         require(len(self.metrics) > 0, "metrics", "must name at least one metric")

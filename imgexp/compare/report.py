@@ -129,7 +129,7 @@ def html_report(sel: Selection, table: Table, epoch: str, figures: dict[str, byt
                 ui_url: str | None) -> str:
     """The report page: selection, table, notes, figures, and per run a link and its plot thumbnails."""
     e = html.escape
-    parts = [f"<h1>Comparison by {e(', '.join(sel.keys))}</h1>", f"<p>{e(sel.description)}</p>",
+    parts = [f"<h1>Comparison by {e(', '.join(sel.keys) or 'setting')}</h1>", f"<p>{e(sel.description)}</p>",
              f"<p>{e(table.caption(epoch))}</p>",
              table.frame().to_html(index=False, classes="compare", border=0, table_id="compare")]
     notes = table.notes()

@@ -13,7 +13,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from imgexp.compare.config import CompareConfig
-from imgexp.config import ConfigError, as_list
+from imgexp.config import UNHASHED_KEYS, ConfigError, as_list
 from imgexp.tracking.mlflow import ERROR_TAG, STATUS_TAG, SWEEP_ID_TAG, tracking_uri
 from imgexp.tracking.sweep import ROLE_TAG
 
@@ -29,6 +29,7 @@ class Selection:
     client: MlflowClient
     uri: str
     description: str
+    split: list[str] = field(default_factory=list)  # keys added to the asked columns: they varied within one
     _histories: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -132,11 +133,42 @@ def select(cfg: CompareConfig) -> Selection:
     if runs.empty:
         raise LookupError(f"no runs match {description}")
     runs = runs.reset_index(drop=True)
-    keys = [str(k) for k in as_list(cfg.columns)]
+    asked = [str(k) for k in as_list(cfg.columns)]
+    keys = split_keys(runs, asked)
     values = {key: key_values(runs, key).astype(str) for key in keys}
     for key, series in values.items():
         runs[f"key:{key}"] = series
-    runs["column"] = values[keys[0]] if len(keys) == 1 else \
-        pd.DataFrame(values).apply(lambda row: ", ".join(f"{k}={v}" for k, v in row.items()), axis=1)
+    runs["column"] = labels(runs, keys)
     runs["excluded"] = runs.apply(excluded, axis=1)
-    return Selection(runs, keys, parent, client, uri, description)
+    return Selection(runs, keys, parent, client, uri, description, split=keys[len(asked):] if asked else [])
+
+
+def labels(runs: pd.DataFrame, keys: list[str]) -> pd.Series:
+    """Each run's column label: its value of the one key, or ``k=v, ...`` for several."""
+    if not keys:
+        return pd.Series("all runs", index=runs.index)
+    values = pd.DataFrame({key: key_values(runs, key).astype(str) for key in keys})
+    return values[keys[0]] if len(keys) == 1 else values.apply(
+        lambda row: ", ".join(f"{k}={v}" for k, v in row.items()), axis=1)
+
+
+def settings(runs: pd.DataFrame) -> list[str]:
+    """The config keys (params) whose values differ between the runs, other than the seed and the keys
+    that cannot change a result (``imgexp.config.UNHASHED_KEYS``): what makes two runs different settings."""
+    ignored = ("seed", *UNHASHED_KEYS)
+    params = [c.removeprefix("params.") for c in runs if c.startswith("params.")]
+    return [p for p in params if not any(p == k or p.startswith(f"{k}.") for k in ignored)
+            and runs[f"params.{p}"].nunique() > 1]  # a run that does not record a key does not differ in it
+
+
+def split_keys(runs: pd.DataFrame, keys: list[str]) -> list[str]:
+    """``keys`` (the asked columns; none: choose them), plus whatever keys it takes for no column to pool
+    runs of different settings: a cell only ever pools runs that differ in the seed."""
+    keys, varying = list(keys), settings(runs)
+    while True:
+        column = labels(runs, keys)
+        mixed = [p for p in varying if runs.groupby(column)[f"params.{p}"].nunique().max() > 1]
+        if not mixed:
+            return keys or (["model"] if "params.model.name" in runs else [])  # one setting: name its model
+        groups = [p.rsplit(".", 1)[0] for p in mixed if p.endswith((".name", "._target_"))]
+        keys.append(groups[0] if groups else mixed[0])  # a changed option (model=...) before its own keys

@@ -94,8 +94,10 @@ class Table:
 
     def caption(self, epoch: str) -> str:
         counted = len(self.sel.counted)
+        split = (f"; also split by {', '.join(self.sel.split)}, which differ between runs the asked columns "
+                 "would have pooled") if self.sel.split else ""
         return (f"{counted} of {len(self.sel.runs)} runs; per-epoch metrics at the {epoch} epoch; "
-                "mean ± std over runs of one setting (n runs)")
+                f"mean ± std over runs of one setting, differing only in the seed (n runs){split}")
 
     def markdown(self, epoch: str) -> str:
         notes = "".join(f"\n- {note}" for note in self.notes())
