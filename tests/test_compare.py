@@ -21,6 +21,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
+from scipy import stats
 
 from imgexp.compare.config import REPORT_B, register
 from imgexp.compare.run import FILES, compare
@@ -138,7 +139,8 @@ def test_cli_table_matches_mlflow(store, cli):
             mean, std, n = expected(store, model, metric)
             cell = table.loc[(metric, model)]
             assert (cell["mean"], cell["std"], cell["n"]) == (pytest.approx(mean), pytest.approx(std), n)
-            assert f"{mean:.4f} ± {std:.4f} (n=2)" in done.stdout
+            low, high = (mean + t * std / math.sqrt(n) for t in stats.t.interval(0.95, n - 1))  # scipy's t
+            assert f"{mean:.4f} ± {std:.4f} (n=2; CI {low:.4f}–{high:.4f})" in done.stdout
     assert (out / "table.md").read_text() in done.stdout
     assert f"| {REPORT_B['test/acc']} " in done.stdout  # rows carry report B's labels
 
@@ -356,3 +358,75 @@ def test_a_cell_never_pools_different_settings(tmp_path, columns, split):
     else:
         assert "also split by" not in markdown
     assert "differing only in the seed" in markdown
+
+
+def model_store(root: Path, columns: dict[str, list[tuple[int, float]]]) -> str:
+    """One FINISHED run per (model, seed, test/acc) in ``columns``, made with MlflowClient."""
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("stats")
+    for model, runs in columns.items():
+        for seed, value in runs:
+            run_id = client.create_run(experiment).info.run_id
+            client.log_param(run_id, "model.name", model)
+            client.log_param(run_id, "seed", str(seed))
+            client.log_metric(run_id, "test/acc", value)
+            client.set_terminated(run_id, "FINISHED")
+    return uri
+
+
+def compare_stats(tmp_path: Path, columns: dict, *overrides: str) -> tuple[pd.DataFrame, str]:
+    uri = model_store(tmp_path, columns)
+    cfg = settings(f"tracking_uri={uri}", "experiment=stats", "metrics=[test/acc]", *overrides)
+    markdown = compare(cfg, tmp_path / "out")
+    return pd.read_csv(tmp_path / "out" / "table.csv").set_index("column"), markdown
+
+
+def test_statistics_match_scipy_on_the_logged_values(tmp_path):
+    import numpy as np
+
+    a = [(s, 0.80 + 0.01 * s) for s in range(5)]
+    b = [(s, 0.83 + 0.013 * s - 0.004 * (s % 2)) for s in range(5)]
+    c = [(s, 0.81 + 0.02 * s) for s in range(10, 14)]  # other seeds: unpaired
+    table, markdown = compare_stats(tmp_path, {"a": a, "b": b, "c": c}, "baseline=a")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("stats").experiment_id
+    logged = {m: {int(r.data.params["seed"]): r.data.metrics["test/acc"]
+                  for r in client.search_runs([exp], f"params.`model.name` = '{m}'")} for m in "abc"}
+    for m in "abc":
+        v = np.array(list(logged[m].values()))
+        low, high = stats.t.interval(0.95, len(v) - 1, loc=v.mean(), scale=stats.sem(v))
+        assert (table.loc[m, "mean"], table.loc[m, "n"]) == (pytest.approx(v.mean()), len(v))
+        assert (table.loc[m, "ci_low"], table.loc[m, "ci_high"]) == (pytest.approx(low), pytest.approx(high))
+    d = np.array([logged["b"][s] - logged["a"][s] for s in range(5)])
+    exact = stats.permutation_test((d,), np.mean, permutation_type="samples", n_resamples=np.inf).pvalue
+    welch = stats.ttest_ind(list(logged["c"].values()), list(logged["a"].values()), equal_var=False)
+    assert table.loc["b", "diff"] == pytest.approx(d.mean()) and table.loc["b", "p"] == pytest.approx(exact)
+    assert table.loc["b", "test"] == "paired sign-flip permutation" and table.loc["c", "test"] == "Welch t-test"
+    assert table.loc["c", "p"] == pytest.approx(welch.pvalue)
+    assert (table.loc["c", "diff_low"], table.loc["c", "diff_high"]) == tuple(
+        pytest.approx(x) for x in welch.confidence_interval(0.95))
+    holm = sorted([exact, welch.pvalue])
+    expected = {exact: min(1, 2 * holm[0]) if exact == holm[0] else min(1, max(2 * holm[0], holm[1]))}
+    assert table.loc["b", "p_holm"] == pytest.approx(expected[exact])
+    assert math.isnan(table.loc["a", "p"]) and "; baseline" in markdown and "Holm-corrected" in markdown
+    assert ("*" in markdown.split("| b")[0] + markdown) == (table.loc["b", "p_holm"] < 0.05 or
+                                                           table.loc["c", "p_holm"] < 0.05)
+
+
+def test_known_answers_identical_columns_a_fixed_shift_and_too_few_runs(tmp_path):
+    noise = [0.0, 0.03, -0.02, 0.01, 0.04, -0.01, 0.02, -0.03]  # 8 pairs: the exact p can reach 2/256
+    base = [(s, 0.7 + n) for s, n in enumerate(noise)]
+    same = list(base)
+    shifted = [(s, v + 0.05 + 0.002 * (-1) ** s) for s, v in base]
+    few = [(0, 0.9), (1, 0.91)]
+    table, markdown = compare_stats(tmp_path, {"base": base, "same": same, "shifted": shifted, "few": few},
+                                    "baseline=base", "digits=3")
+    assert table.loc["same", "p"] == 1.0 and table.loc["same", "diff"] == 0.0
+    assert table.loc["shifted", "diff_low"] < 0.05 < table.loc["shifted", "diff_high"]
+    assert table.loc["shifted", "p_holm"] < 0.05 and "p=" in markdown and "*" in markdown
+    assert table.loc["few", "test"] == "too few runs" and math.isnan(table.loc["few", "p"])
+    assert "too few runs" in markdown
+    cfg = settings(f"tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "experiment=stats", "metrics=[test/acc]",
+                   "baseline=best")
+    assert "difference to few with" in compare(cfg, tmp_path / "best"), "the best mean of the first metric"

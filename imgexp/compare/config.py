@@ -35,6 +35,7 @@ class CompareConfig:
     metrics: List[str] = field(default_factory=lambda: list(REPORT_B))  # the rows
     labels: Dict[str, str] = field(default_factory=lambda: dict(REPORT_B))  # metric -> row label
     epoch: str = "best"  # per-epoch metrics at val/best_epoch (best) or at the last epoch (last)
+    baseline: Optional[str] = None  # a column label, or "best" (the first metric's best mean): differences to it
     digits: int = 4
     thumbnails: int = 4  # plot PNGs shown per run in the HTML report
     ui_url: Optional[str] = None  # MLflow UI for run links; None: the tracking URI if http(s), else mlflow ui's

@@ -18,6 +18,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from imgexp.compare.stats import mean_ci
 from imgexp.compare.select import Selection  # noqa: E402
 from imgexp.compare.table import Table  # noqa: E402
 
@@ -28,11 +29,11 @@ PREFERRED = ("plots/learning_curves.png", "plots/tsne/final_*_2d.png", "plots/ca
 
 
 def bars_figure(values: pd.DataFrame, columns: list[str], labels: dict[str, str]):
-    """One bar chart per metric: the mean over runs of each column, error bars one standard deviation."""
+    """One bar chart per metric: the mean over runs of each column, error bars its t-based 95% CI."""
     data = values.dropna(subset=["value"]).assign(row=lambda d: d.metric.map(lambda m: labels.get(m, m)))
     rows = list(dict.fromkeys(data.row))
     grid = sns.catplot(data, kind="bar", x="column", y="value", col="row", col_order=rows, order=columns,
-                       col_wrap=min(4, len(rows)), sharey=False, errorbar="sd", capsize=0.2, height=2.8,
+                       col_wrap=min(4, len(rows)), sharey=False, errorbar=mean_ci, capsize=0.2, height=2.8,
                        aspect=max(1.0, 0.35 * len(columns)))
     grid.map_dataframe(sns.stripplot, x="column", y="value", order=columns, color="black", size=3)
     grid.set_titles("{col_name}").set_axis_labels("", "")

@@ -21,7 +21,7 @@ def compare(cfg: CompareConfig, output_dir: str | Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
     sel = select(cfg)
     values = run_values(sel, list(cfg.metrics), cfg.epoch)
-    table = Table.build(sel, values, list(cfg.metrics), dict(cfg.labels), cfg.digits)
+    table = Table.build(sel, values, list(cfg.metrics), dict(cfg.labels), cfg.digits, cfg.baseline)
     markdown = table.markdown(cfg.epoch)
     (out / "table.md").write_text(markdown)
     table.numbers().to_csv(out / "table.csv", index=False)
@@ -29,7 +29,7 @@ def compare(cfg: CompareConfig, output_dir: str | Path) -> str:
 
     figures = {}  # file name -> (title, PNG)
     if values.value.notna().any():
-        figures["bars.png"] = ("Per metric (bars: mean, error bars: std, dots: runs)",
+        figures["bars.png"] = ("Per metric (bars: mean, error bars: t-based 95% CI of the mean, dots: runs)",
                                png(bars_figure(values, sel.columns, dict(cfg.labels))))
     curves = curves_frame(sel)
     if not curves.empty:

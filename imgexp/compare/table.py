@@ -9,6 +9,7 @@ from typing import Optional
 import pandas as pd
 
 from imgexp.compare.select import Selection
+from imgexp.compare.stats import EXACT_BELOW, MIN_RUNS, difference, holm, mean_ci
 from imgexp.config import ConfigError
 
 
@@ -32,9 +33,31 @@ def run_values(sel: Selection, metrics: list[str], epoch: str) -> pd.DataFrame:
         logged = sorted(c.removeprefix("metrics.") for c in sel.runs if c.startswith("metrics."))
         raise ConfigError("metrics", f"{', '.join(map(repr, unknown))} not logged by any selected run "
                                      f"(logged: {', '.join(logged)})")
-    rows = [(run.run_id, run.column, m, metric_value(sel, run, m, epoch)) for _, run in counted.iterrows()
-            for m in metrics]
-    return pd.DataFrame(rows, columns=["run_id", "column", "metric", "value"])
+    rows = [(run.run_id, run.column, run.get("params.seed"), m, metric_value(sel, run, m, epoch))
+            for _, run in counted.iterrows() for m in metrics]
+    return pd.DataFrame(rows, columns=["run_id", "column", "seed", "metric", "value"])
+
+
+def lower_is_better(metric: str) -> bool:
+    return "loss" in metric
+
+
+def compare_to(values: pd.DataFrame, stats_: pd.DataFrame, baseline: str, metrics: list[str]) -> pd.DataFrame:
+    """Per (metric, column): the difference to ``baseline``'s runs (:func:`imgexp.compare.stats.difference`)
+    and its Holm-corrected p-value across the columns of the metric."""
+    rows = []
+    for metric in metrics:
+        of = values[(values.metric == metric)].dropna(subset=["value"])
+        base = of[of.column == baseline].set_index("seed").value
+        for column in stats_.loc[metric].index:
+            if column == baseline or of[of.column == column].empty or base.empty:
+                continue
+            d = difference(base, of[of.column == column].set_index("seed").value)
+            rows.append({"metric": metric, "column": column, "diff": d.diff, "diff_low": d.low,
+                         "diff_high": d.high, "p": d.p, "test": d.test})
+    out = pd.DataFrame(rows, columns=["metric", "column", "diff", "diff_low", "diff_high", "p", "test"])
+    out["p_holm"] = pd.concat([holm(g.p) for _, g in out.groupby("metric")]) if len(out) else []
+    return out.set_index(["metric", "column"])
 
 
 def why_missing(sel: Selection, column: str) -> str:
@@ -47,32 +70,61 @@ def why_missing(sel: Selection, column: str) -> str:
 
 @dataclass
 class Table:
-    """``stats``: one row per (metric, column) with ``mean``, ``std``, ``n`` and ``missing`` (why n is 0)."""
+    """``stats``: one row per (metric, column) with ``mean``, ``std``, ``n``, ``missing`` (why n is 0), the
+    95% CI of the mean (``ci_low``, ``ci_high``) and, with a ``baseline`` column, the difference to it
+    (``diff``, ``diff_low``, ``diff_high``, ``p``, ``p_holm``, ``test``)."""
 
     stats: pd.DataFrame
     sel: Selection
     labels: dict[str, str]
     digits: int
+    baseline: Optional[str] = None
+    SIGNIFICANCE = 0.05
 
     @classmethod
     def build(cls, sel: Selection, values: pd.DataFrame, metrics: list[str], labels: dict[str, str],
-              digits: int) -> "Table":
+              digits: int, baseline: Optional[str] = None) -> "Table":
         cells = pd.MultiIndex.from_product([metrics, sel.columns], names=["metric", "column"])
-        stats = (values.dropna(subset=["value"]).groupby(["metric", "column"]).value
-                 .agg(["mean", "std", "count"]).rename(columns={"count": "n"}).reindex(cells))
+        counted = values.dropna(subset=["value"]).groupby(["metric", "column"]).value
+        stats = counted.agg(["mean", "std", "count"]).rename(columns={"count": "n"}).reindex(cells)
+        ci = counted.apply(lambda v: pd.Series(mean_ci(v), index=["ci_low", "ci_high"])).unstack().reindex(cells)
+        stats = stats.join(ci) if len(ci.columns) else stats.assign(ci_low=math.nan, ci_high=math.nan)
         stats["n"] = stats.n.fillna(0).astype(int)
         stats["missing"] = [None if n else why_missing(sel, column) for (_, column), n in zip(stats.index, stats.n)]
-        return cls(stats, sel, labels, digits)
+        stats = stats[["mean", "std", "n", "missing", "ci_low", "ci_high"]]
+        if baseline == "best":
+            first = stats.loc[metrics[0], "mean"].dropna()
+            if first.empty:
+                raise ConfigError("baseline", f"no column has a value of {metrics[0]} to pick the best from")
+            baseline = first.idxmin() if lower_is_better(metrics[0]) else first.idxmax()
+        if baseline is not None:
+            if baseline not in sel.columns:
+                raise ConfigError("baseline", f"{baseline!r} is not a column (columns: {', '.join(sel.columns)})")
+            stats = stats.join(compare_to(values, stats, baseline, metrics))
+        return cls(stats, sel, labels, digits, baseline)
 
-    def cell(self, mean: float, std: float, n: int, missing: Optional[str]) -> str:
-        if not n:
-            return missing if len(missing) <= 60 else missing[:59] + "…"
+    def cell(self, column: str, row) -> str:
+        if not row.n:
+            return row.missing if len(row.missing) <= 60 else row.missing[:59] + "…"
         d = self.digits
-        return f"{mean:.{d}f} ± {std:.{d}f} (n={n})" if n > 1 else f"{mean:.{d}f} (n=1)"
+        if row.n == 1:
+            text = f"{row.mean:.{d}f} (n=1)"
+        else:
+            text = f"{row.mean:.{d}f} ± {row.std:.{d}f} (n={row.n}; CI {row.ci_low:.{d}f}–{row.ci_high:.{d}f})"
+        if self.baseline is None:
+            return text
+        if column == self.baseline:
+            return f"{text}; baseline"
+        if math.isnan(row.p):
+            return f"{text}; Δ {row.diff:+.{d}f}, {row.test}"
+        mark = "*" if row.p_holm < self.SIGNIFICANCE else ""
+        return f"{text}; Δ {row.diff:+.{d}f} [{row.diff_low:+.{d}f}, {row.diff_high:+.{d}f}] p={row.p_holm:.3g}{mark}"
 
     def frame(self) -> pd.DataFrame:
         """The table as strings: a first column of row labels, then one column per setting."""
-        text = pd.Series([self.cell(*row) for row in self.stats.itertuples(index=False)], index=self.stats.index)
+        text = pd.Series([self.cell(column, row) for (_, column), row in zip(self.stats.index,
+                                                                            self.stats.itertuples(index=False))],
+                         index=self.stats.index)
         wide = text.unstack("column").reindex(columns=self.sel.columns)
         wide = wide.reindex(list(dict.fromkeys(self.stats.index.get_level_values("metric"))))
         wide.index = [self.labels.get(m, m) for m in wide.index]
@@ -84,7 +136,9 @@ class Table:
         keys.columns = ["column", *self.sel.keys]
         out = self.stats.reset_index().merge(keys, on="column", how="left")
         out.insert(1, "row", out.metric.map(lambda m: self.labels.get(m, m)))
-        return out[["metric", "row", "column", *self.sel.keys, "mean", "std", "n", "missing"]]
+        extra = ["diff", "diff_low", "diff_high", "p", "p_holm", "test"] if self.baseline is not None else []
+        return out[["metric", "row", "column", *self.sel.keys, "mean", "std", "n", "ci_low", "ci_high", *extra,
+                    "missing"]]
 
     def notes(self) -> list[str]:
         """One line per run that does not count: its column, id, name and why."""
@@ -96,8 +150,14 @@ class Table:
         counted = len(self.sel.counted)
         split = (f"; also split by {', '.join(self.sel.split)}, which differ between runs the asked columns "
                  "would have pooled") if self.sel.split else ""
+        versus = (f"; Δ: difference to {self.baseline} with its 95% CI and p-value (paired over matching seeds: "
+                  f"exact sign-flip permutation test under {EXACT_BELOW} pairs, else paired t-test; unpaired: "
+                  f"Welch's t-test), Holm-corrected across the columns of each metric; * holds at "
+                  f"{self.SIGNIFICANCE} after correction; fewer than {MIN_RUNS} runs a side: too few runs"
+                  ) if self.baseline is not None else ""
         return (f"{counted} of {len(self.sel.runs)} runs; per-epoch metrics at the {epoch} epoch; "
-                f"mean ± std over runs of one setting, differing only in the seed (n runs){split}")
+                f"mean ± std over runs of one setting, differing only in the seed (n runs; CI: t-based 95% "
+                f"confidence interval of the mean){split}{versus}")
 
     def markdown(self, epoch: str) -> str:
         notes = "".join(f"\n- {note}" for note in self.notes())
@@ -105,5 +165,13 @@ class Table:
                 + (f"\nNot counted:{notes}\n" if notes else ""))
 
     def latex(self, epoch: str) -> str:
-        latex = self.frame().to_latex(index=False, escape=True, caption=self.caption(epoch), label="tab:compare")
-        return latex.replace("±", r"$\pm$")
+        """The table for LaTeX, each metric's best mean in bold."""
+        frame = self.frame()
+        for i, metric in enumerate(dict.fromkeys(self.stats.index.get_level_values("metric"))):
+            means = self.stats.loc[metric, "mean"].dropna()
+            if len(means) > 1:
+                best = means.idxmin() if lower_is_better(metric) else means.idxmax()
+                frame.loc[i, best] = f"BOLDSTART{frame.loc[i, best]}BOLDEND"
+        latex = frame.to_latex(index=False, escape=True, caption=self.caption(epoch), label="tab:compare")
+        return latex.replace("±", r"$\pm$").replace("BOLDSTART", r"\textbf{").replace("BOLDEND", "}").replace(
+            "Δ", r"$\Delta$").replace("–", "--")
