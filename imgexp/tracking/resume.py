@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from imgexp.config import ConfigError
-from imgexp.tracking.mlflow import CHECKPOINT_DIR_TAG, CONFIG_HASH_TAG, process_alive, tracking_uri
+from imgexp.tracking.mlflow import CHECKPOINT_DIR_TAG, CONFIG_HASH_TAG, open_store, process_alive, tracking_uri
 
 log = logging.getLogger(__name__)
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -82,10 +82,9 @@ def find(resume: str, config_hash: str, tracking, dest_dir: Path) -> Optional[Re
     if not tracking.enabled:
         raise ConfigError("resume", f"resume={resume} finds runs in MLflow: with tracking=none, give the run's "
                                     "output directory or checkpoint")
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(tracking_uri(tracking.uri))
+    client = open_store(tracking_uri(tracking.uri))  # a missing server fails here, in seconds
     if resume != "auto":
         try:
             run = client.get_run(resume)
@@ -111,11 +110,10 @@ def existing_run(run_id: Optional[str], tracking) -> Optional[str]:
     """``run_id`` if the tracking store holds that run (a checkpoint's run may live in another store)."""
     if not run_id or not tracking.enabled:
         return None
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     try:
-        MlflowClient(tracking_uri(tracking.uri)).get_run(run_id)
+        open_store(tracking_uri(tracking.uri)).get_run(run_id)
     except MlflowException:
         log.warning("the checkpoint's MLflow run %s is not in %s: resuming into a new run", run_id,
                     tracking_uri(tracking.uri))
