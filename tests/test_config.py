@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from imgexp.config import SCHEMAS
+from imgexp.config import SCHEMAS, validate
 from imgexp.run import build
 
 from conftest import CONF, config_options
@@ -25,6 +25,7 @@ def test_option_composes_and_builds(compose_cfg, image_tree, tmp_path, group, op
         "trainer": ["trainer.compile=false"],  # compiling is tested on its own (test_trainer.py)
     }.get(group, [])
     cfg = compose_cfg(f"{group}={option}", "device=cpu", "tracking=none", *extra)
+    validate(cfg)  # every option's values pass its schema's checks (run() validates before build)
     job = build(cfg, tmp_path)
     trainer = job.trainer
     x, y = next(iter(trainer.train))
