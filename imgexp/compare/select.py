@@ -167,7 +167,7 @@ def split_keys(runs: pd.DataFrame, keys: list[str]) -> list[str]:
     keys, varying = list(keys), settings(runs)
     while True:
         column = labels(runs, keys)
-        mixed = [p for p in varying if runs.groupby(column)[f"params.{p}"].nunique().max() > 1]
+        mixed = sorted(p for p in varying if runs.groupby(column)[f"params.{p}"].nunique().max() > 1)
         if not mixed:
             return keys or (["model"] if "params.model.name" in runs else [])  # one setting: name its model
         groups = [p.rsplit(".", 1)[0] for p in mixed if p.endswith((".name", "._target_"))]
