@@ -434,6 +434,16 @@ def as_list(value: Any) -> list:
     return [value] if isinstance(value, (str, int, float, bool)) else list(value)
 
 
+REUSE_MODES = ("true", "false", "any")
+
+
+def reuse_mode(value: Any) -> str:
+    """``reuse=`` as one of :data:`REUSE_MODES` (``reuse=false`` arrives as a bool, stored as "False"):
+    whether a sweep job takes a FINISHED run with its config instead of training (``any``: also a run of
+    another code version)."""
+    return str(value).lower()
+
+
 @dataclass
 class Config:
     model: Any = MISSING
@@ -454,6 +464,7 @@ class Config:
     optimized_metric: Any = "val/acc_best"  # one metric name, or a list of them (multi-objective sweeps)
     progress: bool = True
     resume: Optional[str] = None  # auto | an output dir | a checkpoint (last.pt) | an MLflow run id
+    reuse: str = "true"  # in a sweep: true | false | any (see reuse_mode)
     trial: TrialConfig = field(default_factory=TrialConfig)
 
     def __post_init__(self) -> None:
@@ -463,6 +474,7 @@ class Config:
         for metric in as_list(self.optimized_metric):
             require(isinstance(metric, str) and metric.split("/")[0] in ("train", "val", "test"), "optimized_metric",
                     f"must be train/, val/ or test/ metrics, got {self.optimized_metric!r}")
+        require_choice(reuse_mode(self.reuse), REUSE_MODES, "reuse")
         require(
             self.device in ("auto", "cpu", "mps") or self.device.startswith("cuda"),
             "device",
@@ -501,15 +513,17 @@ SCHEMAS = {
 
 def register() -> None:
     """Store the root schema as ``config_schema`` and each option's schema under ``schema/<group>/``,
-    and register imgexp's sweepers with Hydra (its plugin scan misses them in editable installs)."""
+    and register imgexp's sweepers and template search path with Hydra (its plugin scan misses them in
+    editable installs)."""
     from hydra.core.plugins import Plugins
 
     plugins = Plugins.instance()  # scan first: the scan re-executes plugin modules it finds
     from hydra_plugins.imgexp_grid_sweeper.grid_sweeper import GridSweeper
     from hydra_plugins.imgexp_optuna_sweeper.optuna_sweeper import OptunaSweeper
+    from hydra_plugins.imgexp_templates.templates_searchpath import TemplatesSearchPath
 
-    for sweeper in (GridSweeper, OptunaSweeper):
-        plugins.register(sweeper)
+    for plugin in (GridSweeper, OptunaSweeper, TemplatesSearchPath):
+        plugins.register(plugin)
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     for group, options in SCHEMAS.items():
@@ -518,7 +532,7 @@ def register() -> None:
 
 
 # Keys that cannot change what a run computes: left out of its config hash.
-UNHASHED_KEYS = ("tracking", "progress", "resume", "trial", "data.num_workers", "data.cache_dir")
+UNHASHED_KEYS = ("tracking", "progress", "resume", "reuse", "trial", "data.num_workers", "data.cache_dir")
 
 
 def config_hash(cfg: DictConfig) -> str:

@@ -19,12 +19,12 @@ from imgexp.analysis import confusion_figure, learning_curves_figure
 from imgexp.analysis.report import Artifacts, final_artifacts, tsne_artifacts
 from imgexp.data.split import stratified_subset
 from imgexp.checkpoint import load
-from imgexp.config import ConfigError, as_list, config_hash, validate
+from imgexp.config import ConfigError, as_list, config_hash, reuse_mode, validate
 from imgexp.errors import describe
 from imgexp.models import create_model
 from imgexp.optim import build_optimizer, build_scheduler
 from imgexp.runtime import configure_torch, resolve_device, seed_everything
-from imgexp.tracking import resume, start_run
+from imgexp.tracking import resume, reuse, start_run
 from imgexp.tracking.mlflow import CHECKPOINT_DIR_TAG, CONFIG_HASH_TAG
 from imgexp.tracking.sweep import SWEEPER_KEYS
 from imgexp.tracking.trial import join_trial
@@ -124,12 +124,18 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Sequence[str] = ()) 
         tags["imgexp.trial"] = str(cfg.trial.number)
     run_name = cfg.tracking.run_name or f"{cfg.model.name}-{cfg.data.name}"
     metrics = as_list(cfg.optimized_metric)
-    wanted = cfg.resume
+    wanted, statuses = cfg.resume, resume.RESUMABLE_STATUSES
     if wanted is None and int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0 and cfg.tracking.enabled:
         log.info("a requeued SLURM job: resume=auto")
         wanted = "auto"
+    if wanted is None and cfg.tracking.enabled and cfg.tracking.parent_run_id and reuse_mode(cfg.reuse) != "false":
+        reused = reuse.reuse_finished(cfg.tracking, digest, reuse_mode(cfg.reuse), metrics, run_name, tags)
+        if reused is not None:
+            values = [reused.data.metrics[m] for m in metrics]
+            return values[0] if isinstance(cfg.optimized_metric, str) else values
+        wanted, statuses = "auto", ("KILLED",)  # a sweep job continues an interrupted run of its config
     staged = output_dir / "checkpoints" / "resumed"  # until the run id names the run's own folder
-    point = resume.find(wanted, digest, cfg.tracking, staged) if wanted else None
+    point = resume.find(wanted, digest, cfg.tracking, staged, statuses) if wanted else None
     state = None
     if point is not None:
         try:

@@ -14,7 +14,7 @@ def test_pyproject_lists_every_package():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     inits = [*(ROOT / "imgexp").rglob("__init__.py"), *(ROOT / "hydra_plugins").rglob("__init__.py")]
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in inits}
-    assert found | {"imgexp.conf"} == listed
+    assert found | {"imgexp.conf", "imgexp.templates"} == listed
     assert not (ROOT / "hydra_plugins" / "__init__.py").exists(), "hydra_plugins is a namespace package"
 
 
@@ -26,7 +26,18 @@ def test_wheel_contains_config_tree(tmp_path):
     (wheel,) = tmp_path.glob("imgexp-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     yamls = {f"imgexp/conf/{p.relative_to(ROOT / 'conf').as_posix()}" for p in (ROOT / "conf").rglob("*.yaml")}
-    assert yamls and yamls <= names
+    templates = {f"imgexp/templates/{p.relative_to(ROOT / 'multirun_templates').as_posix()}"
+                 for p in (ROOT / "multirun_templates").rglob("*.yaml")}
+    assert yamls and templates and yamls | templates <= names
+    assert "hydra_plugins/imgexp_templates/templates_searchpath.py" in names
     assert "imgexp/__main__.py" in names
     assert {"hydra_plugins/imgexp_grid_sweeper/grid_sweeper.py",
             "hydra_plugins/imgexp_optuna_sweeper/optuna_sweeper.py"} <= names
+
+
+def test_templates_run_from_any_directory(tmp_path):
+    """``imgexp -cn <template>`` finds the shipped templates outside the repository."""
+    proc = subprocess.run([sys.executable, "-m", "imgexp", "-cn", "report_d_ablation", "report_d_ablation=c",
+                           "data.root=/x", "--cfg", "job"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "experiment: report_d_ablation" in proc.stdout and "run_name: c_lr_decay" in proc.stdout

@@ -132,3 +132,24 @@ def test_a_killed_optuna_trial_is_retried_from_its_last_epoch(workdir):
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     assert [m.step for m in client.get_metric_history(resumed.info.run_id, "val/acc")] == [1, 2, 3, 4]
     assert "resuming" in again.stdout and "after epoch" in again.stdout
+
+
+def test_a_rerun_sweep_continues_its_interrupted_job_then_reuses_it(workdir, reference):
+    sweep = ["-m", "seed=0", *RUN]
+    first = start(sweep, workdir)
+    wait_for("multirun/*/*/0/checkpoints/*/last.pt", workdir, first)
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=60)
+    client, (parent, stopped) = runs(workdir)
+    assert stopped.info.status == "KILLED" and stopped.data.tags["mlflow.parentRunId"] == parent.info.run_id
+
+    again = run_cli(*sweep, cwd=workdir)  # the same sweep again: the job continues the KILLED run
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resuming MLflow run {stopped.info.run_id}" in again.stdout
+    client, (_, run, parent) = runs(workdir)
+    assert run.info.run_id == stopped.info.run_id and run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id, "it now belongs to the sweep that finished it"
+    assert summary(client, run) == reference
+
+    third = run_cli(*sweep, cwd=workdir)  # and once more: nothing to train
+    assert third.returncode == 0 and "1 jobs, 0 trained, 1 reused, 0 failed" in third.stdout, third.stderr[-2000:]

@@ -56,7 +56,8 @@ def test_grid_sweep_has_one_parent_run_for_all_jobs(workdir):
     assert combos == [(e, b) for e in (1, 2) for b in (32, 128)]
     assert all("tracking.parent_run_id" not in r.data.tags["imgexp.overrides"] for r in children)
     assert parent.info.status == "FINISHED" and parent.data.tags["imgexp.sweeper"] == "grid"
-    assert parent.data.metrics["sweep/completed"] == 4 and parent.data.metrics["sweep/failed"] == 0
+    assert parent.data.metrics["sweep/trained"] == 4 and parent.data.metrics["sweep/failed"] == 0
+    assert parent.data.metrics["sweep/reused"] == 0
     assert "batch=32,128" in parent.data.tags["imgexp.overrides"]
 
 
@@ -74,7 +75,78 @@ def test_grid_sweep_records_a_failing_job_and_goes_on(workdir):
     assert parent.info.status == "FAILED" and parent.data.metrics["sweep/failed"] == 1
     (summary_file,) = glob.glob(str(workdir / "multirun/*/*/sweep_summary.json"))
     summary = json.loads(Path(summary_file).read_text())
-    assert summary["completed"] == 1 and summary["failed"][0]["overrides"][1] == "optimizer.lr=1000000000000.0"
+    assert summary["trained"] == 1 and summary["failed"][0]["overrides"][1] == "optimizer.lr=1000000000000.0"
+
+
+def test_sweeps_never_train_a_finished_config_twice(workdir, monkeypatch):
+    """Extending a sweep trains only the new jobs; reused ones are recorded in the new sweep (params,
+    metric histories, a link to the trained run), counted once by compare; reuse=false trains anyway; an
+    Optuna trial whose config finished is told that run's value."""
+    grid = ["-m", "epochs=1", *FAST, "tracking.experiment=reuse"]
+    assert run_cli(*grid, "seed=0,1", cwd=workdir).returncode == 0
+    (first,), trained = sweep_runs(workdir, "reuse")
+    proc = run_cli(*grid, "seed=0,1,2", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "3 jobs, 1 trained, 2 reused, 0 failed" in proc.stdout
+    parents, children = sweep_runs(workdir, "reuse")
+    (second,) = [p for p in parents if p.info.run_id != first.info.run_id]
+    records = [r for r in children if r.data.tags.get("mlflow.parentRunId") == second.info.run_id]
+    assert (second.data.metrics["sweep/trained"], second.data.metrics["sweep/reused"]) == (1, 2)
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    by_seed = {r.data.params["seed"]: r for r in trained}
+    for record in (r for r in records if "imgexp.reused_from" in r.data.tags):
+        original = by_seed[record.data.params["seed"]]
+        assert record.data.tags["imgexp.reused_from"] == original.info.run_id and record.info.status == "FINISHED"
+        assert record.data.params == original.data.params and record.data.metrics == original.data.metrics
+        assert record.data.tags["imgexp.config_hash"] == original.data.tags["imgexp.config_hash"]
+        history = [(m.step, m.value) for m in client.get_metric_history(record.info.run_id, "val/acc")]
+        assert history == [(m.step, m.value) for m in client.get_metric_history(original.info.run_id, "val/acc")]
+    assert sorted(r.data.params["seed"] for r in records if "imgexp.reused_from" not in r.data.tags) == ["2"]
+
+    from imgexp.compare.run import compare
+    from test_compare import cells, settings
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir}/mlflow.db")
+    for selection in ("sweep=latest", "experiment=reuse"):  # the experiment holds 5 runs: 3 trained
+        compare(settings(selection, "metrics=[test/acc]"), workdir / selection)
+        assert cells(workdir / selection).loc[("test/acc", "small_cnn"), "n"] == 3
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+
+    proc = run_cli(*grid, "seed=0", "reuse=false", cwd=workdir)
+    assert proc.returncode == 0 and "1 jobs, 1 trained, 0 reused" in proc.stdout, proc.stderr[-2000:]
+    proc = run_cli("-m", *OPTUNA, "hydra.sweeper.study_name=reuse", "hydra.sweeper.n_trials=2",
+                   "hydra.sweeper.sampler=grid", "seed=choice(0,1)", "epochs=1", *FAST,
+                   "tracking.experiment=reuse", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    study = study_of(workdir, "reuse")
+    values = {by_seed[str(t.params["seed"])].data.metrics["val/acc_best"] for t in study.trials}
+    assert sorted(t.value for t in study.trials) == sorted(values)
+    optuna_parent = max(sweep_runs(workdir, "reuse")[0], key=lambda p: p.info.start_time)
+    assert optuna_parent.data.metrics["sweep/reused"] == 2
+
+
+def test_reuse_needs_the_same_code_version_unless_any(tmp_path):
+    from imgexp.tracking.mlflow import CODE_VERSION_TAG, code_version
+    from imgexp.tracking.reuse import finished_run
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.create_experiment("versions")
+
+    def trained(status: str, **tags: str) -> str:
+        run = client.create_run(exp, tags={"imgexp.config_hash": "abc", CODE_VERSION_TAG: code_version(), **tags})
+        client.log_metric(run.info.run_id, "val/acc_best", 0.5)
+        client.set_terminated(run.info.run_id, status)
+        return run.info.run_id
+
+    trained("FAILED"), trained("KILLED"), trained("FINISHED", **{"imgexp.status": "pruned"})
+    assert finished_run(client, exp, "abc", "true", ["val/acc_best"]) is None, "failed, killed, pruned: never"
+    old = trained("FINISHED", **{CODE_VERSION_TAG: "0.0.1+0123456789ab"})
+    assert finished_run(client, exp, "abc", "true", ["val/acc_best"]) is None
+    assert finished_run(client, exp, "abc", "any", ["val/acc_best"]).info.run_id == old
+    assert finished_run(client, exp, "abc", "any", ["test/acc"]) is None, "a run without the metric"
+    current = trained("FINISHED")
+    assert finished_run(client, exp, "abc", "true", ["val/acc_best"]).info.run_id == current
+    assert finished_run(client, exp, "xyz", "any", ["val/acc_best"]) is None
 
 
 @pytest.mark.parametrize("launcher", ["parallel", "slurm_local"])
@@ -119,6 +191,7 @@ def test_optuna_median_pruner_prunes_the_hopeless_trials(workdir):
     proc = run_cli("-m", *OPTUNA, "hydra.sweeper.study_name=prune", "hydra.sweeper.n_trials=6",
                    "hydra.sweeper.pruner=median", "hydra.sweeper.pruner_startup_trials=1", "hydra.sweeper.sampler=random",
                    "hydra.sweeper.seed=0", "optimizer.lr=choice(0.003,1e-9)", "epochs=3", *FAST,
+                   "reuse=false",  # the two configs repeat: train each trial, so the pruner sees them
                    "tracking.experiment=prune", cwd=workdir)
     assert proc.returncode == 0, proc.stderr[-2000:]
     study = study_of(workdir, "prune")

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
 from mlflow.tracking import MlflowClient
@@ -36,10 +36,9 @@ def compose_cached(name: str, overrides: tuple[str, ...], hydra: bool = False):
 
 
 def compose_template(name: str, overrides=(), hydra: bool = False):
-    """The config ``python -m imgexp -cd multirun_templates -cn <name> <overrides>`` runs."""
-    with initialize_config_dir(config_dir=str(TEMPLATES), version_base=None):
-        return compose(name, overrides=[*overrides, "hydra.searchpath=[pkg://imgexp.conf]"],
-                       return_hydra_config=hydra)
+    """The config ``python -m imgexp -cn <name> <overrides>`` runs (the templates ship as imgexp.templates)."""
+    with initialize_config_module(config_module="imgexp.conf", version_base=None):
+        return compose(name, overrides=list(overrides), return_hydra_config=hydra)
 
 
 def sweeper(name: str):
@@ -122,7 +121,7 @@ def test_template_documents_its_command(name):
     lines = (TEMPLATES / f"{name}.yaml").read_text().splitlines()
     assert lines[0].startswith("# ") and len(lines[0]) > 20, "the first line says what the template runs"
     header = list(itertools.takewhile(lambda line: line.startswith("#"), lines))
-    command = f"# python -m imgexp -m -cd multirun_templates -cn {name}"
+    command = f"# python -m imgexp -m -cn {name}"
     assert any(line == command or line.startswith(command + " ") for line in header), "its one command"
     trials = n_trials(name)
     count = f"{trials} trials" if trials else f"{len(sweep_jobs(name))} jobs"
@@ -246,7 +245,7 @@ def sweeps(tmp_path_factory):
     start-up imports), the largest first; name -> future of (workdir, args, completed process)."""
 
     def launch(name: str, workdir: Path, args: list[str]):
-        return workdir, args, run_cli("-m", "-cd", str(TEMPLATES), "-cn", name, *args, cwd=workdir, timeout=900)
+        return workdir, args, run_cli("-m", "-cn", name, *args, cwd=workdir, timeout=900)
 
     with pytest.MonkeyPatch.context() as mp, ThreadPoolExecutor(max_workers=2) as pool:
         mp.setenv("OMP_NUM_THREADS", "1")  # two sweeps on two cores

@@ -1,8 +1,8 @@
 """Hydra's BasicSweeper with one MLflow parent run per sweep, and a failing job recorded, not fatal.
 
-Every job of the grid runs, whatever fails. The sweep then logs how many completed and failed, writes
-``sweep_summary.json`` to the sweep directory and to the parent run, and raises :class:`SweepFailed`
-(one line, exit 1) if any job failed. The Optuna sweeper ends its sweeps with the same :func:`finish`.
+Every job of the grid runs, whatever fails. The sweep then logs how many were trained, reused (see
+``imgexp.tracking.reuse``) and failed, writes ``sweep_summary.json`` to the sweep directory and to the
+parent run, and raises :class:`SweepFailed` (one line, exit 1) if any job failed. The Optuna sweeper ends its sweeps with the same :func:`finish`.
 """
 
 import json
@@ -95,6 +95,7 @@ class GridSweeper(BasicSweeper):
             parent.close(True, {}, {ERROR_TAG: "sweep interrupted"}, [])
             raise
         failed = [failure(r, job_error(r)) for r in returns if job_error(r) is not None]
-        finish({"jobs": len(returns), "completed": len(returns) - len(failed), "failed": len(failed)},
-               failed, sweep_dir, parent)
+        reused = parent.reused()
+        finish({"jobs": len(returns), "trained": len(returns) - len(failed) - reused, "reused": reused,
+                "failed": len(failed)}, failed, sweep_dir, parent)
         return [returns]

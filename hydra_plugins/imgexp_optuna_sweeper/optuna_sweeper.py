@@ -48,6 +48,14 @@ PARENT_ATTR = "imgexp.parent_run_id"  # study user attr
 SAMPLERS = ("tpe", "random", "cmaes", "grid", "nsgaii")
 
 
+class AskTellGridSampler(optuna.samplers.GridSampler):
+    """Optuna's GridSampler without its ``study.stop()`` once the grid is done, which raises outside
+    ``study.optimize``; the sweeper asks for no more trials than the grid has."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
+
+
 def interrupted(trial: optuna.trial.FrozenTrial) -> bool:
     """Failed without an error of its own (user attr ``imgexp.error``): its worker died or was stopped."""
     return trial.state == TrialState.FAIL and ERROR_TAG not in trial.user_attrs
@@ -102,7 +110,7 @@ class OptunaSweeper(Sweeper):
     def _sampler(self, space: dict) -> optuna.samplers.BaseSampler:
         c = self.cfg
         if c.sampler == "grid":
-            return optuna.samplers.GridSampler(grid(space), seed=c.seed)
+            return AskTellGridSampler(grid(space), seed=c.seed)
         return {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
                 "cmaes": optuna.samplers.CmaEsSampler, "nsgaii": optuna.samplers.NSGAIISampler}[c.sampler](seed=c.seed)
 
@@ -309,7 +317,8 @@ class _Run:
         lost = sum(interrupted(t) for t in trials)
         return {"trials": len(trials) - lost, "complete": sum(t.state == TrialState.COMPLETE for t in trials),
                 "pruned": sum(t.state == TrialState.PRUNED for t in trials),
-                "failed": sum(t.state == TrialState.FAIL for t in trials) - lost, "interrupted": lost}
+                "failed": sum(t.state == TrialState.FAIL for t in trials) - lost, "interrupted": lost,
+                "reused": self.parent.reused()}
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:

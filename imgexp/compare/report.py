@@ -21,6 +21,7 @@ from PIL import Image  # noqa: E402
 from imgexp.compare.stats import mean_ci
 from imgexp.compare.select import Selection  # noqa: E402
 from imgexp.compare.table import Table  # noqa: E402
+from imgexp.tracking.reuse import REUSED_FROM_TAG  # noqa: E402
 
 CURVES = ("train/acc", "val/acc", "train/loss", "val/loss")
 # Plots shown first as thumbnails (patterns of artifact paths), then the rest by name.
@@ -142,8 +143,12 @@ def html_report(sel: Selection, table: Table, epoch: str, figures: dict[str, byt
         status = run.excluded if isinstance(run.excluded, str) else run.status.lower()
         head = (f'<h3>{e(run.column)}: <a href="{e(run_url(sel, ui_url, run))}">{e(run.run_id)}</a> '
                 f"{e(str(run.get('tags.mlflow.runName', '')))} ({e(status)})</h3>")
+        trained = run.get(f"tags.{REUSED_FROM_TAG}")  # a reused run's plots are in the run that trained it
+        trained = trained if isinstance(trained, str) and trained else run.run_id
+        if trained != run.run_id:
+            head = head.replace("</h3>", f" reused from {e(trained)}</h3>")
         shots = "".join(f"<figure>{img(data, path)}<figcaption>{e(path)}</figcaption></figure>"
-                        for path, data in thumbnails(sel, run.run_id, thumbs))
+                        for path, data in thumbnails(sel, trained, thumbs))
         parts.append(f'<section class="run">{head}{shots or ("<p>no plots</p>" if thumbs else "")}</section>')
     body = "\n".join(parts)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>imgexp comparison</title>'

@@ -15,6 +15,7 @@ from mlflow.exceptions import MlflowException
 from imgexp.compare.config import CompareConfig
 from imgexp.config import UNHASHED_KEYS, ConfigError, as_list
 from imgexp.tracking.mlflow import ERROR_TAG, STATUS_TAG, SWEEP_ID_TAG, tracking_uri
+from imgexp.tracking.reuse import REUSED_FROM_TAG
 from imgexp.tracking.sweep import ROLE_TAG
 
 
@@ -132,7 +133,7 @@ def select(cfg: CompareConfig) -> Selection:
         runs = runs[runs[f"tags.{ROLE_TAG}"] != "sweep"]
     if runs.empty:
         raise LookupError(f"no runs match {description}")
-    runs = runs.reset_index(drop=True)
+    runs = once(runs).reset_index(drop=True)
     asked = [str(k) for k in as_list(cfg.columns)]
     keys = split_keys(runs, asked)
     values = {key: key_values(runs, key).astype(str) for key in keys}
@@ -141,6 +142,16 @@ def select(cfg: CompareConfig) -> Selection:
     runs["column"] = labels(runs, keys)
     runs["excluded"] = runs.apply(excluded, axis=1)
     return Selection(runs, keys, parent, client, uri, description, split=keys[len(asked):] if asked else [])
+
+
+def once(runs: pd.DataFrame) -> pd.DataFrame:
+    """Each trained run once: a record of a reused run (``imgexp.reused_from``) is left out when the run it
+    repeats, or an earlier record of it, is selected too (runs oldest first)."""
+    column = f"tags.{REUSED_FROM_TAG}"
+    if column not in runs:
+        return runs
+    trained = runs[column].where(runs[column].fillna("") != "", runs["run_id"])
+    return runs[~trained.duplicated()]
 
 
 def labels(runs: pd.DataFrame, keys: list[str]) -> pd.Series:

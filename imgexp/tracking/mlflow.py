@@ -4,7 +4,9 @@ with the error and keeps everything logged before it. A run stopped by a pruner 
 ``imgexp.status=interrupted``, and can be resumed (``resume=``), which reopens the same run."""
 from __future__ import annotations
 
+import functools
 import getpass
+import hashlib
 import logging
 import os
 import socket
@@ -16,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+from imgexp import __version__
 from imgexp.config import ConfigError
 from imgexp.errors import describe
 from imgexp.locks import sqlite_path, store_lock
@@ -29,6 +32,7 @@ STATUS_TAG = "imgexp.status"  # "pruned" for a run a pruner stopped early, "inte
 CONFIG_HASH_TAG = "imgexp.config_hash"  # imgexp.config.config_hash of the run's config
 CHECKPOINT_DIR_TAG = "imgexp.checkpoint_dir"  # where the run's last.pt and best.pt are on its host
 HOST_TAG, PID_TAG = "imgexp.host", "imgexp.pid"  # the process running the run
+CODE_VERSION_TAG = "imgexp.code_version"  # code_version() of the process that trained the run
 
 
 class Tracker:
@@ -244,14 +248,41 @@ def close_lost_runs(client, experiment: str) -> None:
             log.warning("run %s: its process is gone; marked KILLED", run.info.run_id)
 
 
-def git_commit(path: str | os.PathLike = ".") -> Optional[str]:
+@functools.lru_cache(maxsize=None)
+def git_commit() -> Optional[str]:
+    """The git commit of imgexp's source tree, when it is a git checkout."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=5, check=True
-        )
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5, check=True)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
+
+
+@functools.lru_cache(maxsize=None)
+def code_version() -> str:
+    """imgexp's version and a hash of its Python sources (``0.1.0+3f2a...``): unlike the git commit, it
+    changes with uncommitted edits and is known in an installed wheel. Two runs with the same config hash
+    and code version compute the same thing."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return f"{__version__}+{digest.hexdigest()[:12]}"
+
+
+def source_tags() -> dict[str, str]:
+    """Tags naming the code a run or sweep ran: the code version, and the git commit when known."""
+    commit = git_commit()
+    return {CODE_VERSION_TAG: code_version(), **({"mlflow.source.git.commit": commit} if commit else {})}
+
+
+def parent_tags(client, parent_run_id: Optional[str]) -> dict[str, str]:
+    """The tags that make a run a child of sweep parent ``parent_run_id`` (none without one)."""
+    if not parent_run_id:
+        return {}
+    sweep_id = client.get_run(parent_run_id).data.tags.get(SWEEP_ID_TAG, parent_run_id)
+    return {SWEEP_ID_TAG: sweep_id, "mlflow.parentRunId": parent_run_id}
 
 
 @contextmanager
@@ -277,10 +308,8 @@ def start_run(
         return
     uri, resumed = tracking_uri(uri), run_id is not None
     client = open_store(uri)
-    tags = {**tags, HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
-    commit = git_commit(Path(__file__).resolve().parent)
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
+    tags = {**tags, HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), **source_tags(),
+            **parent_tags(client, parent_run_id)}  # a resumed run joins the sweep that continues it
     if run_id:  # resuming: the interruption's status and error no longer describe the run
         previous = client.get_run(run_id)
         for tag in (STATUS_TAG, ERROR_TAG):
@@ -290,9 +319,6 @@ def start_run(
     else:
         exp = experiment_id(client, experiment)
         close_lost_runs(client, exp)
-        if parent_run_id:
-            parent_tags = client.get_run(parent_run_id).data.tags
-            tags |= {SWEEP_ID_TAG: parent_tags.get(SWEEP_ID_TAG, parent_run_id), "mlflow.parentRunId": parent_run_id}
         tags |= {"mlflow.user": getpass.getuser(), "mlflow.source.name": sys.argv[0], "mlflow.source.type": "LOCAL"}
         run_id = client.create_run(exp, run_name=run_name, tags=tags).info.run_id
     tracker = MlflowTracker(client, run_id, uri, Path(spool_dir))

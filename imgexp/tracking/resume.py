@@ -72,8 +72,10 @@ def from_run(client, run, dest_dir: Path) -> bool:
     return download_checkpoints(client, run.info.run_id, dest_dir)
 
 
-def find(resume: str, config_hash: str, tracking, dest_dir: Path) -> Optional[ResumePoint]:
-    """Put the checkpoints to resume into ``dest_dir``; None when ``resume=auto`` finds no run to resume."""
+def find(resume: str, config_hash: str, tracking, dest_dir: Path,
+         statuses: tuple[str, ...] = RESUMABLE_STATUSES) -> Optional[ResumePoint]:
+    """Put the checkpoints to resume into ``dest_dir``; None when ``resume=auto`` finds no run (in one of
+    ``statuses``) to resume."""
     if resume != "auto" and not RUN_ID.match(resume):
         path = Path(resume).expanduser()
         if not path.exists():
@@ -99,10 +101,10 @@ def find(resume: str, config_hash: str, tracking, dest_dir: Path) -> Optional[Re
     runs = client.search_runs([experiment.experiment_id], f"tags.`{CONFIG_HASH_TAG}` = '{config_hash}'",
                               order_by=["attributes.start_time DESC"])
     for run in runs:
-        if run.info.status in RESUMABLE_STATUSES and not process_alive(run.data.tags):
+        if run.info.status in statuses and not process_alive(run.data.tags):
             if from_run(client, run, dest_dir):
                 return ResumePoint(f"MLflow run {run.info.run_id} (resume=auto)", run.info.run_id)
-    log.info("resume=auto: no unfinished run with config hash %s; starting a new run", config_hash)
+    log.info("no unfinished run with config hash %s to resume: starting a new run", config_hash)
     return None
 
 

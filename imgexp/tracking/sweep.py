@@ -10,7 +10,7 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
-from imgexp.tracking.mlflow import SWEEP_ID_TAG, experiment_id, git_commit, open_store, tracking_uri
+from imgexp.tracking.mlflow import SWEEP_ID_TAG, experiment_id, open_store, source_tags, tracking_uri
 
 SWEEPER_KEYS = ("tracking.parent_run_id=", "trial.")  # overrides the sweepers add to every job
 ROLE_TAG = "imgexp.role"  # "sweep" on parent runs
@@ -31,10 +31,7 @@ class ParentRun:
             self.run_id = run_id
             return
         tags = {ROLE_TAG: "sweep", SWEEPER_TAG: sweeper, SWEEP_ID_TAG: sweep_id,
-                "imgexp.overrides": " ".join(arguments)}
-        commit = git_commit(Path(__file__).resolve().parent)
-        if commit:
-            tags["mlflow.source.git.commit"] = commit
+                "imgexp.overrides": " ".join(arguments), **source_tags()}
         experiment = experiment_id(self.client, tracking.experiment)
         self.run_id = self.client.create_run(experiment, run_name=f"sweep {sweep_id}", tags=tags).info.run_id
 
@@ -52,6 +49,14 @@ class ParentRun:
                              f"'{trial_number}' and attributes.status = 'RUNNING'")
         for run in lost:
             self.client.set_terminated(run.info.run_id, "KILLED")
+
+    def reused(self) -> int:
+        """How many of the sweep's jobs were not trained: records of FINISHED runs of the same config."""
+        if not self.run_id:
+            return 0
+        from imgexp.tracking.reuse import count_reused
+
+        return count_reused(self.client, self.client.get_run(self.run_id).info.experiment_id, self.run_id)
 
     def close(self, failed: bool, metrics: dict[str, float], tags: dict[str, str], files: list[Path]) -> None:
         """Log the summary (metrics, tags, ``files`` as artifacts) and end the run."""
