@@ -1,0 +1,139 @@
+"""``hydra/launcher=slurm`` on a real one-node SLURM cluster (tests/slurm_cluster.py: munged, slurmctld and
+slurmd on 127.0.0.1, all files in a temporary directory). The working directory stands for the shared file
+system: the sweep, its jobs and their MLflow store (./mlflow.db) all live there. Skipped where Debian's
+slurm-wlm and munge packages are missing (.ci/run installs them)."""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from conftest import run_cli
+from slurm_cluster import OneNodeCluster, missing
+from test_sweeps import assert_children_of, sweep_runs
+
+pytestmark = [pytest.mark.slurm, pytest.mark.skipif(missing() is not None, reason=str(missing()))]
+FAST = ["analysis=none", "progress=false"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with OneNodeCluster(tmp_path_factory.mktemp("slurm")) as c:
+        yield c
+
+
+def slurm(cluster: OneNodeCluster, timeout_min: int, *extra: str) -> list[str]:
+    """The ``slurm`` preset cut down to this node: no GPU, 1 CPU and 1 GB a job."""
+    return ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",
+            "hydra.launcher.mem_gb=1", f"hydra.launcher.partition={cluster.partition}",
+            f"hydra.launcher.timeout_min={timeout_min}", *extra]
+
+
+def submitit_logs(workdir: Path) -> dict[str, str]:
+    """SLURM job id (``<array>_<task>`` or ``<job>``) -> its submitit log (stdout of the job's task 0)."""
+    return {p.parent.name: p.read_text(errors="replace")
+            for p in workdir.glob("multirun/*/*/.submitit/*/*_0_log.out")}
+
+
+def submitit_lines(log: str, message: str) -> list[str]:
+    """submitit's own lines (each also appears once more through Hydra's logging) that start with ``message``."""
+    return re.findall(rf"^submitit \w+ \([^)]*\) - ({re.escape(message)}.*)$", log, re.M)
+
+
+def explain(cluster: OneNodeCluster, workdir: Path, proc) -> str:
+    logs = "\n".join(f"==> {job} <==\n{text[-3000:]}" for job, text in submitit_logs(workdir).items())
+    return f"{proc.stderr[-3000:]}\n{logs}\n{cluster.logs()}"
+
+
+@pytest.fixture
+def submit_env(cluster, monkeypatch):
+    """sbatch and squeue talk to the test cluster; the jobs (which get this environment) use one thread each,
+    as cpus_per_task=1 asks: two threads on a loaded 2-core machine make an epoch several times slower."""
+    monkeypatch.setenv("SLURM_CONF", cluster.env["SLURM_CONF"])
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+def test_grid_sweep_runs_each_job_as_a_slurm_job(cluster, workdir, submit_env):
+    proc = run_cli("-m", *slurm(cluster, 10), "seed=0,1", "batch=32,64", "epochs=1", "data.subset=200", *FAST,
+                   "tracking.experiment=slurm", cwd=workdir, timeout=240)
+    assert proc.returncode == 0, explain(cluster, workdir, proc)
+    (parent,), children = sweep_runs(workdir, "slurm")
+    assert_children_of(parent, children, 4)
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert sorted((int(r.data.params["seed"]), int(r.data.params["batch"])) for r in children) == [
+        (s, b) for s in (0, 1) for b in (32, 64)]
+    assert parent.data.tags["imgexp.sweeper"] == "grid" and parent.data.metrics["sweep/trained"] == 4
+
+    # each run was trained by a task of one SLURM job array, which SLURM saw complete
+    logs = submitit_logs(workdir)
+    assert len(logs) == 4, sorted(logs)
+    (array,) = {job.split("_")[0] for job in logs}
+    assert sorted(logs) == [f"{array}_{i}" for i in range(4)]
+    ran = {}
+    for job, text in logs.items():
+        assert f"Starting with JobEnvironment(job_id={job}," in text
+        ran[job] = re.search(r"MLflow run ([0-9a-f]{32})", text).group(1)
+    assert sorted(ran.values()) == sorted(r.info.run_id for r in children)
+    cluster.wait_for_jobs()
+    ctld = (cluster.root / "log" / "slurmctld.log").read_text()
+    for job in logs:
+        assert re.search(rf"_job_complete: JobId={job}\(\d+\) WEXITSTATUS 0", ctld), job
+
+
+def seconds_per_epoch(workdir: Path, *overrides: str) -> float:
+    """How long an epoch of ``overrides`` takes here now, MLflow logging included: from the metric timestamps
+    of a short local run (this machine's speed varies with its load far more than a test can allow for)."""
+    proc = run_cli("epochs=4", *overrides, "tracking.experiment=calibration", cwd=workdir, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("calibration").experiment_id])
+    stamps = sorted(m.timestamp for m in client.get_metric_history(run.info.run_id, "val/acc"))
+    return (stamps[-1] - stamps[1]) / 1000 / (len(stamps) - 2)  # the first epoch warms up
+
+
+def test_optuna_trial_past_its_time_limit_is_requeued_and_resumes_its_run(cluster, workdir, submit_env):
+    """timeout_min=1: SLURM checks time limits every 30 s and sends ``--signal=USR2@signal_delay_s`` at the
+    first check within 30 s of the limit minus that delay, so signal_delay_s=1 signals 29 to 59 s into the
+    job and leaves 30 s before the kill. imgexp stops after its step, saves last.pt, marks the MLflow run
+    KILLED and chains to submitit's handler, which requeues the job; the requeued job (SLURM_RESTART_COUNT
+    > 0) continues the same run. Training is sized to about 70 s as this machine runs now, so that the first
+    signal surely comes during it; a 1-minute job may then be requeued again, the more so on a loaded
+    machine (slower epochs, slower start-up), hence max_num_timeout=6 rather than the preset's 3."""
+    data = ["data.subset=600", "batch=64"]
+    per_epoch = seconds_per_epoch(workdir, *data, *FAST)
+    epochs = min(200, max(10, math.ceil(70 / per_epoch)))
+    print(f"{per_epoch:.2f} s an epoch here: {epochs} epochs")
+    storage = f"sqlite:///{workdir}/optuna.db"
+    limit = ["hydra.launcher.signal_delay_s=1", "hydra.launcher.max_num_timeout=6"]
+    proc = run_cli("-m", *slurm(cluster, 1, *limit), "hydra/sweeper=optuna", "hydra.sweeper.study_name=limit",
+                   f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=1",
+                   "optimizer.lr=tag(log,interval(1e-3,1e-2))", f"epochs={epochs}", *data, *FAST,
+                   "tracking.experiment=limit", cwd=workdir, timeout=540)
+    assert proc.returncode == 0, explain(cluster, workdir, proc)
+
+    (trial,) = optuna.load_study(study_name="limit", storage=storage).trials
+    assert trial.state == TrialState.COMPLETE
+    (parent,), (run,) = sweep_runs(workdir, "limit")
+    assert_children_of(parent, [run], 1)
+    assert run.info.status == "FINISHED" and run.data.tags["imgexp.trial"] == "0"
+    history = MlflowClient(f"sqlite:///{workdir}/mlflow.db").get_metric_history(run.info.run_id, "val/acc")
+    assert sorted(m.step for m in history) == list(range(1, epochs + 1)), "each epoch logged once, across requeues"
+
+    # one SLURM job, requeued by submitit on SIGUSR2; each requeued run continues the run after an epoch
+    ((job, log),) = submitit_logs(workdir).items()
+    requeues = len(submitit_lines(log, f"Starting with JobEnvironment(job_id={job},")) - 1
+    assert requeues >= 1, explain(cluster, workdir, proc)
+    assert len(submitit_lines(log, f"Requeued job {job} ")) == requeues
+    assert 1 <= log.count("SIGUSR2 received: stopping after this step") <= requeues
+    assert log.count("a requeued SLURM job: resume=auto") == requeues
+    resumed = re.findall(r"resuming MLflow run ([0-9a-f]{32}) \(resume=auto\) after epoch (\d+) of", log)
+    assert len(resumed) == requeues and {run_id for run_id, _ in resumed} == {run.info.run_id}
+    after = [int(e) for _, e in resumed]
+    assert after[0] >= 1 and after == sorted(after) and after[-1] <= epochs
+    cluster.wait_for_jobs()
+    assert (cluster.root / "log" / "slurmctld.log").read_text().count(f"Requeuing JobId={job}") == requeues
