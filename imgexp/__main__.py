@@ -16,7 +16,6 @@ from omegaconf import DictConfig
 from imgexp.config import register
 from imgexp.errors import one_line, run_app
 
-register()
 FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
@@ -45,6 +44,12 @@ def main() -> None:
         sys.argv = [sys.argv[0], *sys.argv[2:]]
         compare()
         return
+    if "--help" in sys.argv[1:] or "-h" in sys.argv[1:]:
+        from imgexp.help import text
+
+        print(text())
+        return
+    register()
     run_app(app)
 
 

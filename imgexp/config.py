@@ -391,7 +391,8 @@ class AnalysisConfig:
     points: int = 2000  # test images sampled for t-SNE and CAM
     tsne: bool = True
     tsne_layers: Optional[List[str]] = None  # module names; None: the penultimate features; "report_d": 4 layers
-    tsne_3d: bool = True  # also a 3D PNG and an interactive HTML (at the end only)
+    tsne_3d: bool = True  # also a 3D PNG (at the end only)
+    tsne_html: bool = False  # and the interactive 3D page (4.6 MB: plotly.js embedded, to work offline)
     tsne_at_best: bool = False  # 2D t-SNE at every new best val/acc epoch (report A's sequence)
     cam: bool = True  # CAM (GAP + linear heads) or Grad-CAM grids: per class, correct vs wrong, by depth
     cam_layer: Optional[str] = None  # None: the last conv
@@ -412,6 +413,7 @@ class TrackingConfig:
     experiment: str = "imgexp"
     run_name: Optional[str] = None
     parent_run_id: Optional[str] = None  # set by imgexp's sweepers: the sweep's MLflow parent run
+    job_name: Optional[str] = None  # set by imgexp's sweepers: the job's swept values, its run's name
     offline_wait_s: float = 600  # a server down at the run's end: wait this long, then keep the rest on disk
 
 

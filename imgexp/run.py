@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,7 +123,7 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Sequence[str] = ()) 
             CONFIG_HASH_TAG: digest}
     if cfg.trial.number is not None:
         tags["imgexp.trial"] = str(cfg.trial.number)
-    run_name = cfg.tracking.run_name or f"{cfg.model.name}-{cfg.data.name}"
+    run_name = cfg.tracking.run_name or cfg.tracking.job_name or f"{cfg.model.name}-{cfg.data.name}"
     metrics = as_list(cfg.optimized_metric)
     wanted, statuses = cfg.resume, resume.RESUMABLE_STATUSES
     if wanted is None and int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0 and cfg.tracking.enabled:
@@ -150,8 +151,11 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Sequence[str] = ()) 
                    cfg.tracking.offline_wait_s) as tracker:
         # every run's checkpoints in a folder of its own, named by its MLflow run id
         checkpoint_dir = output_dir / "checkpoints" / (tracker.run_id or f"local-{uuid.uuid4().hex[:12]}")
-        if point is not None:
-            staged.rename(checkpoint_dir)
+        if point is not None:  # a requeued SLURM job finds its run's folder there already: merge into it
+            checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            for f in staged.iterdir():
+                f.replace(checkpoint_dir / f.name)
+            staged.rmdir()
         tracker.set_tags({CHECKPOINT_DIR_TAG: str(checkpoint_dir)})
         job = build(cfg, checkpoint_dir)
         data, trainer = job.data, job.trainer
@@ -181,7 +185,8 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Sequence[str] = ()) 
             tracker.log_artifact(trainer.last_path, "checkpoints")  # before the metrics: see resume.py
             if trainer.best_epoch == epoch:
                 tracker.log_artifact(trainer.best_path, "checkpoints")
-            tracker.log_epoch(epoch, metrics)
+            constant = trainer.schedule.constant and epoch > 1  # a constant learning rate: logged once
+            tracker.log_epoch(epoch, {k: v for k, v in metrics.items() if not (constant and k == "train/lr")})
             if analysis.tsne and analysis.tsne_at_best and trainer.best_epoch == epoch:
                 title = f"epoch {epoch}, val/acc {metrics['val/acc']:.3f}"
                 log_artifacts(tracker, tsne_artifacts(trainer.evaluated, *sample, info.class_names, analysis,
@@ -215,7 +220,9 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Sequence[str] = ()) 
         if missing:
             raise ConfigError("optimized_metric", f"{missing[0]!r} is not among {', '.join(final)}")
 
-    log.info("summary (best epoch %d of %d)%s\n%s", result.best_epoch, cfg.epochs,
-             f", MLflow run {tracker.run_id}" if tracker.run_id else "", summary_table(final))
+    if tracker.stored(checkpoint_dir):  # the checkpoints are in MLflow: not kept twice on this disk
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    log.info("summary (best epoch %d of %d)\n%s", result.best_epoch, cfg.epochs, summary_table(final))
+    log.info("results: output directory %s; %s", output_dir, tracker.where())
     values = [final[m] for m in metrics]
     return values[0] if isinstance(cfg.optimized_metric, str) else values

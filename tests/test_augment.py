@@ -109,6 +109,7 @@ def test_cuda_matches_cpu():
     torch.testing.assert_close(on_gpu.cpu(), build_augment(cfg, 0, CPU)(x), atol=0.05, rtol=0)
 
 
+@pytest.mark.slow
 def test_cli_trains_with_augmentation(tmp_path):
     """The real command line: overrides parse, and every training batch of an epoch goes through it."""
     proc = run_cli("augmentation=keras_like", "augmentation.shear=11.5", "epochs=1", "data.subset=300",

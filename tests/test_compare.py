@@ -2,17 +2,12 @@
 missing cells say why, and the outputs (Markdown, CSV, LaTeX, HTML) are written and logged to the sweep."""
 from __future__ import annotations
 
-import base64
-import fcntl
-import json
 import math
 import os
 import re
-import select
 import statistics
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,12 +22,12 @@ from imgexp.compare.config import REPORT_B, register
 from imgexp.compare.run import FILES, compare
 from imgexp.config import ConfigError
 
+from chromium import CHROMIUM, Chromium
 from conftest import CONF, run_cli
 
 register()
 SWEEP = ("-m", "model=small_cnn,lenet", "seed=0,1", "epochs=1", "analysis=none", "data.subset=200", "progress=false")
 ERROR = "RuntimeError: loss is NaN at epoch 2"
-CHROMIUM = Path("/usr/bin/chromium")
 
 
 @dataclass
@@ -129,6 +124,7 @@ def cells(out: Path) -> pd.DataFrame:
     return pd.read_csv(out / "table.csv", keep_default_na=False, na_values=[""]).set_index(["metric", "column"])
 
 
+@pytest.mark.slow
 def test_cli_table_matches_mlflow(store, cli):
     done, out = cli
     table = cells(out)
@@ -145,6 +141,7 @@ def test_cli_table_matches_mlflow(store, cli):
     assert f"| {REPORT_B['test/acc']} " in done.stdout  # rows carry report B's labels
 
 
+@pytest.mark.slow
 def test_missing_cells_say_why(cli):
     done, out = cli
     table = cells(out)
@@ -159,6 +156,7 @@ def test_missing_cells_say_why(cli):
     assert f"failed: {ERROR}" in done.stdout and "| pruned " in done.stdout and "| not logged " in done.stdout
 
 
+@pytest.mark.slow
 def test_outputs_written_and_logged_to_parent(store, cli):
     _, out = cli
     assert all((out / name).stat().st_size > 0 for name in FILES)
@@ -168,6 +166,7 @@ def test_outputs_written_and_logged_to_parent(store, cli):
     assert r"\begin{tabular}" in latex and r"small\_cnn" in latex and r"$\pm$" in latex
 
 
+@pytest.mark.slow
 def test_last_epoch_and_column_combination(store, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)  # the default store; restored afterwards
     before = store.client.list_artifacts(store.parent_id)
@@ -186,6 +185,7 @@ def test_last_epoch_and_column_combination(store, tmp_path, monkeypatch):
     assert store.client.list_artifacts(store.parent_id) == before  # not a sweep selection: nothing logged
 
 
+@pytest.mark.slow
 def test_select_by_tags_and_filter(store, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
     compare(settings("tags={imgexp.model: lenet}", "filter=\"params.seed = '1'\"", "metrics=[test/acc]"), tmp_path)
@@ -201,12 +201,14 @@ def test_select_by_tags_and_filter(store, tmp_path, monkeypatch):
     (["sweep=nope"], ConfigError, "sweep: no run id or imgexp.sweep_id 'nope'"),
     (["columns=nope"], ConfigError, "columns: 'nope' is not a config key"),
 ])
+@pytest.mark.slow
 def test_bad_selection_raises(store, tmp_path, monkeypatch, overrides, error, message):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
     with pytest.raises(error, match=re.escape(message)):
         compare(settings(*overrides), tmp_path)
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_exit_1(store):
     done = run_compare("experiment=nope", cwd=store.root)
     assert done.returncode == 1
@@ -219,83 +221,7 @@ def test_compare_yaml_documents_itself():
     assert header.startswith("# ") and "python -m imgexp.compare" in header
 
 
-class Chromium:
-    """Headless Chromium driven over the DevTools protocol on a pipe (its fds 3 and 4): no extra dependency."""
-
-    FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--remote-debugging-pipe", "--window-size=1280,1600"]
-
-    def __init__(self, profile: Path) -> None:
-        commands, self._to = os.pipe()
-        self._from, replies = os.pipe()
-
-        def on_fds_3_and_4() -> None:
-            high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (commands, replies)]
-            os.dup2(high[0], 3)
-            os.dup2(high[1], 4)
-
-        self.proc = subprocess.Popen([str(CHROMIUM), *self.FLAGS, f"--user-data-dir={profile}"],
-                                    preexec_fn=on_fds_3_and_4, pass_fds=(3, 4),
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        os.close(commands)
-        os.close(replies)
-        self._buffer, self._id, self.events = b"", 0, []
-        target = self.send("Target.createTarget", url="about:blank")["targetId"]
-        self.session = self.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-        for domain in ("Page", "Runtime", "Log"):
-            self.send(f"{domain}.enable", self.session)
-
-    def _message(self, deadline: float) -> dict:
-        while b"\0" not in self._buffer:
-            if not select.select([self._from], [], [], max(0.0, deadline - time.monotonic()))[0]:
-                raise TimeoutError("Chromium did not answer")
-            chunk = os.read(self._from, 1 << 20)
-            assert chunk, "Chromium closed the DevTools pipe"
-            self._buffer += chunk
-        message, self._buffer = self._buffer.split(b"\0", 1)
-        return json.loads(message)
-
-    def send(self, method: str, session: str | None = None, **params) -> dict:
-        self._id += 1
-        command = {"id": self._id, "method": method, "params": params, **({"sessionId": session} if session else {})}
-        os.write(self._to, json.dumps(command).encode() + b"\0")
-        deadline = time.monotonic() + 30
-        while (message := self._message(deadline)).get("id") != self._id:
-            self.events.append(message)
-        assert "error" not in message, f"{method}: {message['error']}"
-        return message["result"]
-
-    def open(self, url: str) -> list[str]:
-        """Load ``url``; return its console errors, uncaught exceptions and failed loads."""
-        self.events.clear()
-        self.send("Page.navigate", self.session, url=url)
-        deadline = time.monotonic() + 30
-        while not any(e.get("method") == "Page.loadEventFired" for e in self.events):
-            self.events.append(self._message(deadline))
-        errors = []
-        for event in self.events:
-            method, params = event.get("method"), event.get("params", {})
-            if method == "Runtime.consoleAPICalled" and params["type"] in ("error", "assert"):
-                errors.append(" ".join(str(a.get("value")) for a in params["args"]))
-            elif method == "Runtime.exceptionThrown":
-                errors.append(params["exceptionDetails"]["text"])
-            elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
-                errors.append(f"{params['entry']['text']} {params['entry'].get('url', '')}")
-        return errors
-
-    def evaluate(self, expression: str):
-        return self.send("Runtime.evaluate", self.session, expression=expression, returnByValue=True)["result"]["value"]
-
-    def screenshot(self, path: Path) -> None:
-        shot = self.send("Page.captureScreenshot", self.session, format="png", captureBeyondViewport=True)
-        path.write_bytes(base64.b64decode(shot["data"]))
-
-    def close(self) -> None:
-        self.send("Browser.close")
-        self.proc.wait(timeout=30)
-
-
+@pytest.mark.slow
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium package (/usr/bin/chromium)")
 def test_html_report_opens_in_chromium(cli, tmp_path):
     _, out = cli

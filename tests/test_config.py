@@ -17,7 +17,12 @@ def test_every_group_has_options():
     assert groups == set(SCHEMAS), "each schema group has YAML options and vice versa"
 
 
-@pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+HEAVY = ("vgg", "resnet101", "resnet152", "resnext", "efficientnet_b2", "efficientnet_b3")  # seconds to build
+
+
+@pytest.mark.parametrize("group,option", [
+    pytest.param(g, o, marks=pytest.mark.slow) if g == "model" and o.startswith(HEAVY) else (g, o) for g, o in OPTIONS
+], ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_composes_and_builds(compose_cfg, image_tree, tmp_path, group, option):
     extra = {
         "model": ["batch=8"],  # the big models stay quick on a CPU

@@ -16,6 +16,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,mentions", CASES, ids=[" ".join(a) for a, _ in CASES])
 def test_one_line_error(tmp_path, args, mentions):
     proc = run_cli(*args, "tracking=none", cwd=tmp_path)

@@ -17,6 +17,7 @@ def train_digits(compose_cfg, tmp_path, loss: str):
     return result, center_stats(torch.from_numpy(features["5"]), torch.from_numpy(labels))
 
 
+@pytest.mark.slow
 def test_center_loss_tightens_classes_on_digits(compose_cfg, tmp_path):
     ce, ce_stats = train_digits(compose_cfg, tmp_path, "cross_entropy")
     km, km_stats = train_digits(compose_cfg, tmp_path, "kmeans_center")

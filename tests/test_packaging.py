@@ -5,6 +5,8 @@ import subprocess
 import sys
 import tomllib
 import zipfile
+
+import pytest
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,6 +20,7 @@ def test_pyproject_lists_every_package():
     assert not (ROOT / "hydra_plugins" / "__init__.py").exists(), "hydra_plugins is a namespace package"
 
 
+@pytest.mark.slow
 def test_wheel_contains_config_tree(tmp_path):
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
@@ -41,3 +44,18 @@ def test_templates_run_from_any_directory(tmp_path):
                            "data.root=/x", "--cfg", "job"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "experiment: report_d_ablation" in proc.stdout and "run_name: c_lr_decay" in proc.stdout
+
+
+def test_help_lists_what_users_choose_and_loads_no_torch(tmp_path):
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "imgexp", "--help"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    groups = {line.split()[0]: line.split(None, 1)[1] for line in
+              proc.stdout.split("Config groups (group=option):\n")[1].split("\n\n")[0].splitlines()}
+    assert set(groups) == {p.name for p in (ROOT / "conf").iterdir() if p.is_dir() and p.name not in (
+        "hydra", "__pycache__")} | {"hydra/launcher", "hydra/sweeper"}
+    assert groups["model"].startswith("alexnet, efficientnet_b0") and groups["hydra/sweeper"] == "grid, optuna"
+    assert "report_d_ablation" in proc.stdout and "resume: null" in proc.stdout
+    assert "schema/" not in proc.stdout and "trial" not in proc.stdout  # no internal groups or keys
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert not imported & {"torch", "optuna", "mlflow", "torchvision", "matplotlib"}

@@ -26,6 +26,8 @@ from imgexp.run import run
 from conftest import run_cli, write_image
 from test_resume import env, runs, start, wait_for
 
+pytestmark = pytest.mark.slow  # real processes: left out of the quick tier (README, Tests)
+
 FAST = ["progress=false", "analysis=none"]
 
 

@@ -18,6 +18,8 @@ from mlflow import MlflowClient
 
 from conftest import run_cli
 
+pytestmark = pytest.mark.slow  # real processes: left out of the quick tier (README, Tests)
+
 RUN = ["epochs=4", "batch=16", "progress=false", "analysis=none", "data.subset=400"]  # 4 x 25 steps
 METRICS = ("train/loss", "train/acc", "val/loss", "val/acc", "test/acc", "test/f1_macro")
 

@@ -1,7 +1,9 @@
 """End to end: the CLI trains, MLflow holds the metrics, plots, config and checkpoint; runs are repeatable."""
 from __future__ import annotations
 
+import re
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,6 +29,7 @@ def runs_of(workdir, experiment="imgexp"):
     return client, client.search_runs([exp.experiment_id], order_by=["start_time ASC"])
 
 
+@pytest.mark.slow
 def test_cli_run_logs_everything(workdir):
     proc = run_cli("epochs=2", "tracking.experiment=e2e", cwd=workdir)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -44,6 +47,20 @@ def test_cli_run_logs_everything(workdir):
     assert r.data.params["epochs"] == "2" and r.data.params["optimizer.lr"] == "0.001"
     assert r.data.params["model.name"] == "small_cnn" and r.data.params["data.name"] == "digits"
     assert r.data.tags["imgexp.overrides"] == "epochs=2 tracking.experiment=e2e"
+    assert r.data.tags["mlflow.runName"] == "small_cnn-digits"
+    assert len(client.get_metric_history(r.info.run_id, "train/lr")) == 1, "a constant learning rate: logged once"
+    assert [m.step for m in client.get_metric_history(r.info.run_id, "time/epoch_s")] == [1, 2]
+
+    # a log for a file, not a terminal: one line per epoch, then where everything went
+    log = proc.stdout.splitlines()
+    epochs = [line for line in log if "imgexp.train.trainer" in line]
+    assert len(epochs) == 2 and all(re.search(r"epoch \d/2: train loss [\d.]+ acc [\d.]+ \| val loss [\d.]+ acc "
+                                              r"[\d.]+ \| lr 0.001 \| [\d.]+ s, \d+ images/s$", e) for e in epochs)
+    outputs = next(workdir.glob("outputs/*/*"))
+    assert log[-1].endswith(f"results: output directory {outputs}; MLflow run {r.info.run_id}; see it with: mlflow "
+                            f"ui --backend-store-uri sqlite:///{workdir / 'mlflow.db'} and open http://127.0.0.1:5000/"
+                            f"#/experiments/{r.info.experiment_id}/runs/{r.info.run_id}?workflowType=machine_learning")
+    assert not list(outputs.glob("checkpoints/*/*.pt")), "the checkpoints are in MLflow, not kept twice"
 
     files = {a.path for d in ("", "plots", "plots/cam", "plots/tsne", "checkpoints", "metrics")
              for a in client.list_artifacts(r.info.run_id, d)}
@@ -51,10 +68,12 @@ def test_cli_run_logs_everything(workdir):
     assert {"config.yaml", "plots/learning_curves.png", "plots/confusion_matrix.png", "checkpoints/best.pt",
             "metrics/per_class.csv", "metrics/confusion_matrix.csv", "plots/feature_maps.png",
             "plots/cam/correct_vs_wrong.png", "plots/cam/gradcam_depths.png",
-            f"plots/tsne/final_{layer}_2d.png", f"plots/tsne/final_{layer}_3d.png",
-            f"plots/tsne/final_{layer}_3d.html"} <= files
+            f"plots/tsne/final_{layer}_2d.png", f"plots/tsne/final_{layer}_3d.png"} <= files
+    assert f"plots/tsne/final_{layer}_3d.html" not in files, "the 4.6 MB interactive page: analysis=full only"
     assert {f"plots/cam/class_{k}.png" for k in range(10)} <= files
     local = client.download_artifacts(r.info.run_id, "", str(workdir / "dl"))
+    sizes = {p: p.stat().st_size for p in Path(local).rglob("*") if p.is_file()}
+    assert sum(n for p, n in sizes.items() if p.parent.name != "checkpoints") <= 1_500_000
     assert "epochs: 2" in open(f"{local}/config.yaml").read()
     for png in ("learning_curves", "confusion_matrix", "feature_maps", "cam/correct_vs_wrong",
                 f"tsne/final_{layer}_2d"):

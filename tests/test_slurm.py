@@ -17,7 +17,7 @@ from conftest import run_cli
 from slurm_cluster import OneNodeCluster, missing
 from test_sweeps import assert_children_of, sweep_runs
 
-pytestmark = [pytest.mark.slurm, pytest.mark.skipif(missing() is not None, reason=str(missing()))]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.skipif(missing() is not None, reason=str(missing()))]
 FAST = ["analysis=none", "progress=false"]
 
 

@@ -25,6 +25,8 @@ from hydra_plugins.imgexp_optuna_sweeper.optuna_sweeper import outcome
 from hydra_plugins.imgexp_optuna_sweeper.study_lock import StudyLock
 from imgexp.tracking.trial import TrialPruned
 
+pytestmark = pytest.mark.slow  # real processes: left out of the quick tier (README, Tests)
+
 FAST = ["analysis=none", "progress=false", "data.subset=200"]
 OPTUNA = ["hydra/sweeper=optuna", "hydra.sweeper.heartbeat_interval=1"]
 
@@ -59,6 +61,12 @@ def test_grid_sweep_has_one_parent_run_for_all_jobs(workdir):
     assert parent.data.metrics["sweep/trained"] == 4 and parent.data.metrics["sweep/failed"] == 0
     assert parent.data.metrics["sweep/reused"] == 0
     assert "batch=32,128" in parent.data.tags["imgexp.overrides"]
+    assert parent.data.tags["mlflow.runName"].startswith("grid epochs=1,2 batch=32,128")
+    assert {r.data.tags["mlflow.runName"] for r in children} == {
+        f"small_cnn epochs={e} batch={b}" for e in (1, 2) for b in (32, 128)}, "named by the swept values"
+    launches = [line.split(" : ", 1)[1] for line in proc.stdout.splitlines() if "\t#" in line]
+    assert launches[0] == "epochs=1 batch=32 analysis=none progress=False data.subset=200 tracking.experiment=grid"
+    assert len(launches) == 4 and not any("tracking." in l.replace("tracking.experiment", "") for l in launches)
 
 
 def test_grid_sweep_records_a_failing_job_and_goes_on(workdir):
@@ -202,6 +210,11 @@ def test_optuna_median_pruner_prunes_the_hopeless_trials(workdir):
     (parent,), children = sweep_runs(workdir, "prune")
     assert_children_of(parent, children, 6)
     by_trial = {int(r.data.tags["imgexp.trial"]): r for r in children}
+    for number, r in by_trial.items():
+        lr = study.trials[number].params["optimizer.lr"]
+        assert r.data.tags["mlflow.runName"] == f"trial {number}: optimizer.lr={lr}"
+    assert parent.data.tags["mlflow.runName"] == "optuna study prune"
+    assert "trial." not in proc.stdout, "the launch lines show the user's overrides only"
     client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
     for t in pruned:
         run = by_trial[t.number]

@@ -264,6 +264,7 @@ def job_runs(workdir: Path):
     return [r for r in runs if r.info.run_id not in parents]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_template_sweep_runs_on_tiny_data(name, sweeps):
     workdir, args, proc = sweeps[name].result()

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from imgexp.errors import describe
 from imgexp.tracking.mlflow import ERROR_TAG
-from imgexp.tracking.sweep import SWEEPER_KEYS, ParentRun
+from imgexp.tracking.sweep import SWEEPER_KEYS, ParentRun, hide_internal_overrides, job_name
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,14 @@ def finish(counts: dict[str, int], failed: list[dict], sweep_dir: Path, parent: 
                           f"{' '.join(failed[0]['overrides'])}: {failed[0]['error']}")
 
 
+def job_names(jobs: list[list[str]], model: str) -> dict[tuple, list[str]]:
+    """Each job's run name, as an override: its model, then the values of the keys that vary between jobs."""
+    values = [dict(o.split("=", 1) for o in job) for job in jobs]
+    varying = [k for k in dict.fromkeys(k for v in values for k in v) if len({v.get(k) for v in values}) > 1]
+    return {tuple(job): job_name([v.get("model", model)] + [f"{k}={v[k]}" for k in varying if k != "model" and k in v])
+            for job, v in zip(jobs, values)}
+
+
 class GridSweeper(BasicSweeper):
     def sweep(self, arguments: List[str]) -> Any:
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
@@ -85,10 +93,12 @@ class GridSweeper(BasicSweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         parent = ParentRun(self.config.tracking, str(sweep_dir), "grid", arguments)
+        hide_internal_overrides()
+        names = job_names([job for batch in self.overrides for job in batch], self.config.model.name)
         returns: List[JobReturn] = []
         try:
             while not self.is_done():
-                batch = [list(job) + parent.child_override() for job in self.get_job_batch()]
+                batch = [list(job) + parent.child_override() + names[tuple(job)] for job in self.get_job_batch()]
                 self.validate_batch_is_legal(batch)
                 returns.extend(self.launcher.launch(batch, initial_job_idx=len(returns)))
         except BaseException:

@@ -39,7 +39,7 @@ from hydra_plugins.imgexp_optuna_sweeper.search_space import as_override, grid, 
 from hydra_plugins.imgexp_optuna_sweeper.study_lock import StudyLock
 from imgexp.errors import describe
 from imgexp.tracking.mlflow import ERROR_TAG
-from imgexp.tracking.sweep import ParentRun
+from imgexp.tracking.sweep import ParentRun, hide_internal_overrides, job_name
 from imgexp.tracking.trial import CHECKPOINT_ATTR, PRUNER_ATTR, PRUNERS, build_pruner
 
 log = logging.getLogger(__name__)
@@ -167,6 +167,7 @@ class OptunaSweeper(Sweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         job_overrides = fixed + parent.child_override() + [f"trial.storage={quote(url)}", f"trial.study={quote(name)}"]
+        hide_internal_overrides()
         run = _Run(self, study, storage, lock, parent, space, job_overrides, n_trials)
         try:
             run.loop()
@@ -230,8 +231,9 @@ class _Run:
             return trial
 
     def launch(self, trial: optuna.Trial) -> JobReturn:
-        overrides = [as_override(k, v) for k, v in trial.params.items()] + self.overrides + [
-            f"trial.id={trial._trial_id}", f"trial.number={trial.number}"]
+        params = [as_override(k, v) for k, v in trial.params.items()]
+        overrides = params + self.overrides + [f"trial.id={trial._trial_id}", f"trial.number={trial.number}"] + \
+            job_name([f"trial {trial.number}:", *params])
         interrupted_dir = trial.user_attrs.get(CHECKPOINT_ATTR)  # a retry: continue from the lost trial's state
         if interrupted_dir and (Path(interrupted_dir) / "last.pt").exists():
             overrides.append(f"resume={quote(interrupted_dir)}")

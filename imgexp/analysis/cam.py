@@ -18,7 +18,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from imgexp.analysis.common import (check_ran, display_image, eval_mode, hooked, model_device,  # noqa: E402
+from imgexp.analysis.common import (check_ran, describe_layer, display_image, eval_mode, hooked, model_device,  # noqa: E402
                                    modules_of)
 
 Target = Union[None, int, torch.Tensor]  # None: the predicted class; an int: that class for all; (N,) per image
@@ -175,7 +175,7 @@ def class_cam_figures(model: nn.Module, x: torch.Tensor, y: torch.Tensor, class_
         titles = [f"{class_names[p]} {q:.2f}" for p, q in zip(pred.tolist(), prob.tolist())]
         figures[class_names[k]] = cam_grid_figure(
             xs, grad_cam(model, layer_name, xs), titles, ncols=min(per_class, 8),
-            title=f"{class_names[k]}: Grad-CAM at {layer_name} (titles: prediction, probability)")
+            title=f"{class_names[k]}: Grad-CAM at {describe_layer(model, layer_name)} (titles: prediction, probability)")
     return figures
 
 
@@ -196,7 +196,7 @@ def correct_wrong_figure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cla
         maps += (list(grad_cam(model, layer_name, x[idx])) if idx else []) + pad
         titles += [f"{class_names[y[i]]} -> {class_names[pred[i]]}" for i in idx] + [""] * len(pad)
     return cam_grid_figure(images, maps, titles, ncols=count, row_labels=("correct", "wrong"),
-                           title=f"Grad-CAM at {layer_name} of the predicted class")
+                           title=f"Grad-CAM at {describe_layer(model, layer_name)} of the predicted class")
 
 
 def depth_figure(model: nn.Module, x: torch.Tensor, layer_names: Optional[list[str]] = None,

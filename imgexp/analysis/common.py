@@ -53,6 +53,24 @@ def modules_of(model: nn.Module, kind: type[nn.Module]) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, kind) and not n.startswith(skip)]
 
 
+def describe_layer(model: nn.Module, name: str) -> str:
+    """A module as people name it: ``features.8 (last conv, 256 channels)``, ``classifier.1 (dense 1 of 3,
+    4096 features)``; the bare name for other modules."""
+    module = dict(model.named_modules())[name]
+    for kind, noun, size in ((nn.Conv2d, "conv", f"{getattr(module, 'out_channels', 0)} channels"),
+                             (nn.Linear, "dense", f"{getattr(module, 'out_features', 0)} features")):
+        if isinstance(module, kind):
+            names = modules_of(model, kind)
+            if name not in names:
+                break
+            i = names.index(name)
+            where = ("only" if len(names) == 1 else "last" if i == len(names) - 1 else "first" if i == 0
+                     else f"{i + 1} of {len(names)}")
+            role = f"{where} {noun}" if " of " not in where else f"{noun} {where}"
+            return f"{name} ({role}, {size})"
+    return name
+
+
 def check_ran(names: list[str], seen) -> None:
     """ValueError naming the modules of ``names`` that produced no output (not in ``seen``)."""
     idle = [n for n in names if n not in seen]

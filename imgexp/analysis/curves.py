@@ -7,6 +7,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def learning_curves_figure(history: list[dict[str, float]]):
@@ -20,6 +21,7 @@ def learning_curves_figure(history: list[dict[str, float]]):
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("acc", "loss")):
         sns.lineplot(df[df.metric == metric], x="epoch", y="value", hue="split", marker="o", ax=ax)
-        ax.set(title=metric, ylabel=metric)
+        ax.set(title=metric, ylabel=metric, xlim=(0.8, len(history) + 0.2))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
     fig.tight_layout()
     return fig

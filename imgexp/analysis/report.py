@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from imgexp.analysis.cam import cam, cam_grid_figure, class_cam_figures, correct_wrong_figure, depth_figure
-from imgexp.analysis.common import modules_of
+from imgexp.analysis.common import describe_layer, modules_of
 from imgexp.analysis.feature_maps import feature_maps_figure
 from imgexp.analysis.tsne import default_layers, embedding_figure, embedding_html, layer_features, tsne_embed
 
@@ -29,18 +29,20 @@ def tsne_layers(model: nn.Module, cfg) -> list[str]:
 
 def tsne_artifacts(model: nn.Module, x: torch.Tensor, y: torch.Tensor, class_names: list[str], cfg,
                    tag: str, title: str, three_d: bool) -> Artifacts:
-    """t-SNE of each chosen layer's features: ``plots/tsne/<tag>_<layer>_2d.png`` (and 3D PNG + HTML)."""
+    """t-SNE of each chosen layer's features: ``plots/tsne/<tag>_<layer>_2d.png`` (and the 3D PNG, and with
+    ``cfg.tsne_html`` the interactive 3D page: 4.6 MB, plotly.js embedded so it works offline)."""
     batches = [(x[i : i + 256], y[i : i + 256]) for i in range(0, len(y), 256)]
     features, labels = layer_features(model, tsne_layers(model, cfg), batches, max_points=cfg.points)
     out: Artifacts = {}
     for layer, f in features.items():
         name = f"plots/tsne/{tag}_{layer}"
-        heading = f"t-SNE of {layer}, {title}"
+        heading = f"t-SNE of {describe_layer(model, layer)}, {title}"
         out[f"{name}_2d.png"] = embedding_figure(tsne_embed(f, 2), labels, class_names, heading)
         if three_d:
             points = tsne_embed(f, 3)
             out[f"{name}_3d.png"] = embedding_figure(points, labels, class_names, heading)
-            out[f"{name}_3d.html"] = embedding_html(points, labels, class_names, heading)
+            if cfg.tsne_html:
+                out[f"{name}_3d.html"] = embedding_html(points, labels, class_names, heading)
     return out
 
 

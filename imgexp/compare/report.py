@@ -91,7 +91,7 @@ def plot_paths(sel: Selection, run_id: str, path: str = "plots") -> list[str]:
     return found
 
 
-def thumbnails(sel: Selection, run_id: str, limit: int, size: tuple[int, int] = (400, 300)) -> list[tuple[str, bytes]]:
+def thumbnails(sel: Selection, run_id: str, limit: int, size: tuple[int, int] = (800, 600)) -> list[tuple[str, bytes]]:
     """Up to ``limit`` of the run's plots (preferred ones first), downsized to fit ``size``."""
     def rank(path: str) -> tuple[int, str]:
         return next((i for i, p in enumerate(PREFERRED) if fnmatch(path, p)), len(PREFERRED)), path
@@ -120,7 +120,7 @@ body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 table.compare { border-collapse: collapse; margin: 1em 0; }
 table.compare th, table.compare td { border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: right; }
 table.compare td:first-child, table.compare th:first-child { text-align: left; }
-figure { display: inline-block; margin: 0.3em; vertical-align: top; }
+figure { display: inline-block; margin: 0.3em; vertical-align: top; max-width: 48%; }
 figcaption { font-size: 0.8em; color: #555; }
 section.run { border-top: 1px solid #ddd; padding-top: 0.5em; }
 img { max-width: 100%; }

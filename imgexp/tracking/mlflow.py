@@ -56,6 +56,14 @@ class Tracker:
         """The last epoch whose metrics the run holds (0: none); a resumed run logs only later ones."""
         return 0
 
+    def stored(self, folder: Path) -> bool:
+        """Whether everything logged from ``folder`` reached the tracking store (after the run ended)."""
+        return False
+
+    def where(self) -> str:
+        """Where the run's results are, and how to look at them."""
+        return "not tracked (tracking=none)"
+
 
 def unreachable(err: BaseException) -> bool:
     """Whether an MLflow call failed because the tracking server could not be reached (or answered 5xx
@@ -159,6 +167,20 @@ class MlflowTracker(Tracker):
         history = self.client.get_metric_history(self.run_id, "val/acc")
         return max((m.step for m in history), default=0)
 
+    def stored(self, folder: Path) -> bool:
+        return not self.offline
+
+    def where(self) -> str:
+        try:
+            experiment = self.client.get_run(self.run_id).info.experiment_id
+        except Exception:  # noqa: BLE001 - the server went away: say what is known
+            return f"MLflow run {self.run_id} in {self.uri}"
+        page = f"#/experiments/{experiment}/runs/{self.run_id}?{UI_VIEW}"
+        if self.uri.startswith(("http://", "https://")):
+            return f"MLflow run {self.run_id}: {self.uri.rstrip('/')}/{page}"
+        return (f"MLflow run {self.run_id}; see it with: mlflow ui --backend-store-uri {self.uri} and open "
+                f"http://127.0.0.1:5000/{page}")
+
     def end(self, status: str, wait_s: float) -> None:
         """End the run with ``status``; while the server is down, wait up to ``wait_s`` for it, then say
         where the unsent tracking is and how to send it."""
@@ -213,11 +235,22 @@ def open_store(uri: str):
     return client
 
 
+# MLflow 3's UI opens experiments on its GenAI view unless told otherwise: the experiment's kind (older 3.x) and
+# the page's workflowType (3.17: a switch kept per browser, GenAI by default) say model training.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+UI_VIEW = "workflowType=machine_learning"
+
+
 def experiment_id(client, name: str) -> str:
-    """The experiment's id, created if new (under the store lock: concurrent runs create it once)."""
+    """The experiment's id, created if new (under the store lock: concurrent runs create it once), and
+    marked as model training so that MLflow's UI opens it on its runs."""
     with store_lock(client.tracking_uri):
         experiment = client.get_experiment_by_name(name)
-        return experiment.experiment_id if experiment else client.create_experiment(name)
+        if experiment is None:
+            return client.create_experiment(name, tags=EXPERIMENT_KIND)
+        if "mlflow.experimentKind" not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
+        return experiment.experiment_id
 
 
 def process_alive(tags: dict[str, str]) -> bool:

@@ -5,6 +5,8 @@ whatever launcher runs them: in-process, joblib worker processes or SLURM jobs.
 """
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -12,9 +14,37 @@ from omegaconf import DictConfig
 
 from imgexp.tracking.mlflow import SWEEP_ID_TAG, experiment_id, open_store, source_tags, tracking_uri
 
-SWEEPER_KEYS = ("tracking.parent_run_id=", "trial.")  # overrides the sweepers add to every job
+SWEEPER_KEYS = ("tracking.parent_run_id=", "tracking.job_name=", "trial.")  # overrides the sweepers add to jobs
+INTERNAL = re.compile(r"\s*(?:tracking\.parent_run_id|tracking\.job_name|trial\.\w+)=(?:'(?:\\.|[^'])*'|\S+)")
 ROLE_TAG = "imgexp.role"  # "sweep" on parent runs
 SWEEPER_TAG = "imgexp.sweeper"  # grid | optuna
+
+
+class HideInternalOverrides(logging.Filter):
+    """Launchers log each job's overrides: leave out those the sweepers add (:data:`SWEEPER_KEYS`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "tracking.parent_run_id=" in str(record.msg) or "trial." in str(record.msg):
+            record.msg, record.args = INTERNAL.sub("", record.getMessage()), None
+        return True
+
+
+LAUNCHER_LOGGERS = ("hydra._internal.core_plugins.basic_launcher", "hydra_plugins.hydra_joblib_launcher._core",
+                    "hydra_plugins.hydra_submitit_launcher.submitit_launcher")
+
+
+def hide_internal_overrides() -> None:
+    """Install :class:`HideInternalOverrides` on the loggers of Hydra's launchers that imgexp presets use."""
+    for name in LAUNCHER_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, HideInternalOverrides) for f in logger.filters):
+            logger.addFilter(HideInternalOverrides())
+
+
+def job_name(words: list[str]) -> list[str]:
+    """The override that names a job's run, e.g. by its swept values (``small_cnn epochs=1 batch=32``)."""
+    name = " ".join(words)[:240]
+    return [f"tracking.job_name='{name}'"] if name and "'" not in name and "\\" not in name else []
 
 
 class ParentRun:
@@ -33,7 +63,8 @@ class ParentRun:
         tags = {ROLE_TAG: "sweep", SWEEPER_TAG: sweeper, SWEEP_ID_TAG: sweep_id,
                 "imgexp.overrides": " ".join(arguments), **source_tags()}
         experiment = experiment_id(self.client, tracking.experiment)
-        self.run_id = self.client.create_run(experiment, run_name=f"sweep {sweep_id}", tags=tags).info.run_id
+        name = f"optuna study {sweep_id}" if sweeper == "optuna" else f"{sweeper} {' '.join(arguments) or sweep_id}"
+        self.run_id = self.client.create_run(experiment, run_name=name[:250], tags=tags).info.run_id
 
     def child_override(self) -> list[str]:
         """The override that makes a job's run a child of this one."""

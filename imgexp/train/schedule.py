@@ -22,6 +22,11 @@ class Schedule:
             self._scale(1 / warmup_steps)
 
     @property
+    def constant(self) -> bool:
+        """Whether the learning rate never changes (no scheduler, no warmup)."""
+        return self.scheduler is None and not self.warmup_steps
+
+    @property
     def warming_up(self) -> bool:
         return self.steps < self.warmup_steps
 

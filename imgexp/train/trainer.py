@@ -10,8 +10,10 @@ Two optional hooks come from outside the generic step: the loss's ``start_epoch(
 """
 from __future__ import annotations
 
+import logging
 import math
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -28,6 +30,7 @@ from imgexp.train.schedule import Schedule
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 EpochCallback = Callable[[int, dict[str, float]], None]
+log = logging.getLogger(__name__)
 NAN_CHECK_STEPS = 50  # the training loss is checked for NaN/inf (one host sync) every this many steps
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 CHECKPOINT_FORMAT = 1
@@ -56,6 +59,13 @@ class FitResult:
     test: dict[str, float]
     test_logits: torch.Tensor
     test_targets: torch.Tensor
+
+
+def epoch_line(epoch: int, epochs: int, m: dict[str, float]) -> str:
+    """One log line per epoch, for logs without a progress bar (nohup, SLURM, docker)."""
+    return (f"epoch {epoch}/{epochs}: train loss {m['train/loss']:.4f} acc {m['train/acc']:.4f} | val loss "
+            f"{m['val/loss']:.4f} acc {m['val/acc']:.4f} | lr {m['train/lr']:.3g} | {m['time/epoch_s']:.1f} s, "
+            f"{m['time/images_per_s']:.0f} images/s")
 
 
 class Trainer:
@@ -176,6 +186,7 @@ class Trainer:
             if hasattr(self.loss_fn, "start_epoch"):
                 self.loss_fn.start_epoch()
         sums, seen = self.partial["sums"].to(self.device), self.partial["seen"]
+        start, started_at = time.perf_counter(), seen
         desc = f"epoch {epoch}/{self.epochs}"
         for step, (x, y) in enumerate(tqdm(self.train, desc=desc, leave=False, disable=None if self.progress else True),
                                       start=1):
@@ -190,7 +201,9 @@ class Trainer:
         if not math.isfinite(total_loss):
             raise NonFiniteLossError(f"training loss is {total_loss / seen} ({desc})")
         lr, self.partial = self.partial["lr"], None
-        return {"train/lr": lr, "train/loss": total_loss / seen, "train/acc": correct / seen}
+        speed = (seen - started_at) / max(time.perf_counter() - start, 1e-9)
+        return {"train/lr": lr, "train/loss": total_loss / seen, "train/acc": correct / seen,
+                "time/images_per_s": speed}
 
     @torch.no_grad()
     def predict(self, batches: Batches) -> tuple[torch.Tensor, torch.Tensor]:
@@ -211,6 +224,7 @@ class Trainer:
             self._rng = None
         while self.epoch < self.epochs:
             epoch = self.epoch + 1
+            start = time.perf_counter()
             metrics = self.train_epoch(epoch)
             metrics |= getattr(self.loss_fn, "epoch_metrics", dict)()  # e.g. the center loss's distances
             self.loss_fn.eval()  # losses with training-only terms report plain validation/test losses
@@ -220,9 +234,11 @@ class Trainer:
             if val_acc > self.best_acc:
                 self.best_acc, self.best_epoch = val_acc, epoch
                 save_atomic(self.evaluated.state_dict(), self.best_path)
-            metrics |= {"val/loss": val_loss, "val/acc": val_acc, "val/acc_best": self.best_acc}
+            metrics |= {"val/loss": val_loss, "val/acc": val_acc, "val/acc_best": self.best_acc,
+                        "time/epoch_s": time.perf_counter() - start}
+            log.info(epoch_line(epoch, self.epochs, metrics))
             self.schedule.after_epoch(val_loss)
-            self.history.append(metrics)
+            self.history.append({k: v for k, v in metrics.items() if not k.startswith("time/")})  # repeatable
             self.epoch = epoch
             self.save()
             if on_epoch is not None:
