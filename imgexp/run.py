@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,7 +214,10 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Sequence[str] = ()) 
         }
         if sample is not None:  # the model now holds the best checkpoint's weights
             title = f"best epoch {result.best_epoch}, test/acc {result.test['test/acc']:.3f}"
+            log.info("analysis (%s) of the best model on %d test images...", analysis.name, len(sample[1]))
+            start = time.perf_counter()
             plots |= final_artifacts(model, *sample, info.class_names, analysis, title)
+            log.info("analysis done in %.1f s", time.perf_counter() - start)
         log_artifacts(tracker, plots)
         final = {**result.history[-1], **result.test}
         missing = [m for m in metrics if m not in final]
