@@ -2,7 +2,8 @@
 
 Every job of the grid runs, whatever fails. The sweep then logs how many were trained, reused (see
 ``imgexp.tracking.reuse``) and failed, writes ``sweep_summary.json`` to the sweep directory and to the
-parent run, and raises :class:`SweepFailed` (one line, exit 1) if any job failed. The Optuna sweeper ends its sweeps with the same :func:`finish`.
+parent run, and raises :class:`SweepFailed` (one line, exit 1) if any job failed. The Optuna sweeper ends
+its sweeps with the same :func:`finish`.
 """
 
 import json

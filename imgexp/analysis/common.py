@@ -63,10 +63,9 @@ def describe_layer(model: nn.Module, name: str) -> str:
             names = modules_of(model, kind)
             if name not in names:
                 break
-            i = names.index(name)
-            where = ("only" if len(names) == 1 else "last" if i == len(names) - 1 else "first" if i == 0
-                     else f"{i + 1} of {len(names)}")
-            role = f"{where} {noun}" if " of " not in where else f"{noun} {where}"
+            i, n = names.index(name), len(names)
+            role = (f"only {noun}" if n == 1 else f"last {noun}" if i == n - 1 else f"first {noun}" if i == 0
+                    else f"{noun} {i + 1} of {n}")
             return f"{name} ({role}, {size})"
     return name
 

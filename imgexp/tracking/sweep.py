@@ -15,7 +15,8 @@ from omegaconf import DictConfig
 from imgexp.tracking.mlflow import SWEEP_ID_TAG, experiment_id, open_store, source_tags, tracking_uri
 
 SWEEPER_KEYS = ("tracking.parent_run_id=", "tracking.job_name=", "trial.")  # overrides the sweepers add to jobs
-INTERNAL = re.compile(r"\s*(?:tracking\.parent_run_id|tracking\.job_name|trial\.\w+)=(?:'(?:\\.|[^'])*'|\S+)")
+INTERNAL = re.compile(r"\s*(?:" + "|".join(re.escape(k) if k.endswith("=") else re.escape(k) + r"\w+="
+                                             for k in SWEEPER_KEYS) + r")(?:'(?:\\.|[^'])*'|\S+)")
 ROLE_TAG = "imgexp.role"  # "sweep" on parent runs
 SWEEPER_TAG = "imgexp.sweeper"  # grid | optuna
 
@@ -24,7 +25,7 @@ class HideInternalOverrides(logging.Filter):
     """Launchers log each job's overrides: leave out those the sweepers add (:data:`SWEEPER_KEYS`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if "tracking.parent_run_id=" in str(record.msg) or "trial." in str(record.msg):
+        if INTERNAL.search(record.getMessage()):
             record.msg, record.args = INTERNAL.sub("", record.getMessage()), None
         return True
 
