@@ -9,16 +9,13 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import matplotlib.pyplot as plt
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from imgexp import data as data_lib
 from imgexp import losses
-from imgexp.analysis import confusion_figure, learning_curves_figure
-from imgexp.analysis.report import Artifacts, final_artifacts, tsne_artifacts
 from imgexp.data.split import stratified_subset
 from imgexp.checkpoint import load
 from imgexp.config import ConfigError, as_list, config_hash, reuse_mode, validate
@@ -35,6 +32,9 @@ from imgexp.train.metrics import confusion_table, per_class_table
 from imgexp.train.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:  # the plotting modules are imported after training: matplotlib, seaborn, pandas
+    from imgexp.analysis.report import Artifacts  # and scikit-learn cost the start of every run seconds
 
 
 def flat_params(cfg: DictConfig) -> dict[str, object]:
@@ -97,6 +97,8 @@ def analysis_sample(batches, points: int, seed: int) -> tuple[torch.Tensor, torc
 
 def log_artifacts(tracker, artifacts: Artifacts) -> None:
     """Figures as PNGs, text (HTML) as files; every figure closed."""
+    from imgexp.analysis.pyplot import plt
+
     for path, item in artifacts.items():
         if isinstance(item, str):
             tracker.log_text(item, path)
@@ -183,12 +185,15 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Sequence[str] = ()) 
                 report_to_trial(epoch, past, may_prune=False)
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            new_best = trainer.best_epoch == epoch  # the loop has just saved best.pt
             tracker.log_artifact(trainer.last_path, "checkpoints")  # before the metrics: see resume.py
-            if trainer.best_epoch == epoch:
+            if new_best:
                 tracker.log_artifact(trainer.best_path, "checkpoints")
             constant = trainer.schedule.constant and epoch > 1  # a constant learning rate: logged once
             tracker.log_epoch(epoch, {k: v for k, v in metrics.items() if not (constant and k == "train/lr")})
-            if analysis.tsne and analysis.tsne_at_best and trainer.best_epoch == epoch:
+            if analysis.tsne and analysis.tsne_at_best and new_best:
+                from imgexp.analysis.report import tsne_artifacts
+
                 title = f"epoch {epoch}, val/acc {metrics['val/acc']:.3f}"
                 log_artifacts(tracker, tsne_artifacts(trainer.evaluated, *sample, info.class_names, analysis,
                                                       f"epoch{epoch:03d}", title, three_d=False))
@@ -205,12 +210,14 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Sequence[str] = ()) 
         tracker.log_artifact(trainer.best_path, "checkpoints")
         tracker.log_text(per_class_table(result.test_logits, result.test_targets, info.class_names)
                          .to_csv(index=False), "metrics/per_class.csv")
-        tracker.log_text(confusion_table(result.test_logits, result.test_targets, info.class_names).to_csv(),
-                         "metrics/confusion_matrix.csv")
+        from imgexp.analysis import confusion_figure, learning_curves_figure
+        from imgexp.analysis.report import final_artifacts
+
+        confusion = confusion_table(result.test_logits, result.test_targets, info.class_names)
+        tracker.log_text(confusion.to_csv(), "metrics/confusion_matrix.csv")
         plots: Artifacts = {
             "plots/learning_curves.png": learning_curves_figure(result.history),
-            "plots/confusion_matrix.png": confusion_figure(
-                result.test_targets.numpy(), result.test_logits.argmax(1).numpy(), info.class_names),
+            "plots/confusion_matrix.png": confusion_figure(confusion),
         }
         if sample is not None:  # the model now holds the best checkpoint's weights
             title = f"best epoch {result.best_epoch}, test/acc {result.test['test/acc']:.3f}"

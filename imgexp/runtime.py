@@ -43,7 +43,8 @@ def configure_torch(trainer, device: torch.device) -> None:
         raise ConfigError("trainer.compile", f"torch.compile cannot run on {device.type} here: {reason}")
     if trainer.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(trainer.deterministic)
+    if torch.are_deterministic_algorithms_enabled() != trainer.deterministic:  # the call imports inductor: 1 s
+        torch.use_deterministic_algorithms(trainer.deterministic)
     torch.backends.cudnn.deterministic = trainer.deterministic
     torch.backends.cudnn.benchmark = not trainer.deterministic
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = trainer.tf32

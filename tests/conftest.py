@@ -1,7 +1,11 @@
 """Shared fixtures: Hydra composition of the real config tree, and an isolated working directory."""
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -41,12 +45,56 @@ def workdir(tmp_path, monkeypatch):
     return tmp_path
 
 
-def run_cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``python -m imgexp args...`` in ``cwd``; progress bars off, output captured."""
+def run_cli(*args: str, cwd: Path, timeout: int = 300, process: bool = False) -> subprocess.CompletedProcess:
+    """``python -m imgexp args...`` in ``cwd``, output captured. In this process (``imgexp.__main__.main()``
+    with this argv, cwd and environment, as the console script runs it) unless ``process``: a new
+    interpreter spends seconds importing torch, MLflow and scikit-learn before it reads its arguments.
+    Tests of what only a process shows (signals, exit codes of ``python -m``, concurrency) use processes."""
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "HYDRA_FULL_ERROR")}
-    return subprocess.run(
-        [sys.executable, "-m", "imgexp", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    if process:
+        return subprocess.run([sys.executable, "-m", "imgexp", *args], cwd=cwd, env=env, capture_output=True,
+                              text=True, timeout=timeout)
+    from imgexp.__main__ import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with process_state(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        os.environ.clear()
+        os.environ.update(env)
+        os.chdir(cwd)
+        sys.argv = ["imgexp", *args]
+        try:
+            main()
+            code = 0
+        except SystemExit as exit_:  # as the interpreter ends: sys.exit("text") prints it and exits 1
+            code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+            if isinstance(exit_.code, str):
+                print(exit_.code, file=sys.stderr)
+    return subprocess.CompletedProcess(["imgexp", *args], code, out.getvalue(), err.getvalue())
+
+
+@contextlib.contextmanager
+def process_state():
+    """Give back what a CLI run changes in the process: environment, argv, cwd, signal handlers, logging
+    (Hydra configures it for each run), Hydra's global state."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    environ, argv, cwd = dict(os.environ), sys.argv[:], os.getcwd()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    loggers = [logging.getLogger(), *(v for v in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(v, logging.Logger))]
+    saved = [(lg, lg.handlers[:], lg.filters[:], lg.level, lg.propagate, lg.disabled) for lg in loggers]
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+        sys.argv[:] = argv
+        os.chdir(cwd)
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+        for lg, hs, fs, level, propagate, disabled in saved:
+            lg.handlers[:], lg.filters[:], lg.level, lg.propagate, lg.disabled = hs, fs, level, propagate, disabled
+        GlobalHydra.instance().clear()
 
 
 CLASSES = ["ant", "bee", "cow"]

@@ -14,9 +14,10 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
 
-from imgexp.analysis import (cam, cam_grid_figure, class_cam_figures, correct_wrong_figure, default_cam_layer,
-                             default_layers, depth_figure, depth_layers, feature_maps_figure, grad_cam,
-                             layer_features, tsne_figure, tsne_html)
+from imgexp.analysis.cam import (cam, cam_grid_figure, class_cam_figures, correct_wrong_figure, default_cam_layer,
+                                 depth_figure, depth_layers, grad_cam)
+from imgexp.analysis.feature_maps import feature_maps_figure
+from imgexp.analysis.tsne import default_layers, layer_features, tsne_figure, tsne_html
 from imgexp.data import DataInfo
 from imgexp.data.synthetic import square_positions, synthetic
 from imgexp.models import create_model

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from imgexp.config import AugmentationConfig, ConfigError, validate
+from imgexp.config import ConfigError, validate
+from imgexp.data.schema import AugmentationConfig
 from imgexp.data.augment import build_augment, random_affine
 
 from conftest import config_options, run_cli

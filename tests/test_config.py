@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from imgexp.config import SCHEMAS, validate
+from imgexp.config import schemas, validate
 from imgexp.run import build
 
 from conftest import CONF, config_options
 
 OPTIONS = config_options()
+SCHEMAS = schemas()
 
 
 def test_every_group_has_options():
@@ -30,6 +32,8 @@ def test_option_composes_and_builds(compose_cfg, image_tree, tmp_path, group, op
         "trainer": ["trainer.compile=false"],  # compiling is tested on its own (test_trainer.py)
     }.get(group, [])
     cfg = compose_cfg(f"{group}={option}", "device=cpu", "tracking=none", *extra)
+    # typed by its schema: a YAML without its `- /schema/<group>/...@_here_` line composes as a plain dict
+    assert OmegaConf.get_type(cfg[group]) in SCHEMAS[group].values(), f"conf/{group}/{option}.yaml has no schema"
     validate(cfg)  # every option's values pass its schema's checks (run() validates before build)
     job = build(cfg, tmp_path)
     trainer = job.trainer

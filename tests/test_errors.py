@@ -16,10 +16,18 @@ CASES = [
 ]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("args,mentions", CASES, ids=[" ".join(a) for a, _ in CASES])
 def test_one_line_error(tmp_path, args, mentions):
-    proc = run_cli(*args, "tracking=none", cwd=tmp_path)
+    check_one_line(run_cli(*args, "tracking=none", cwd=tmp_path), tmp_path, mentions)
+
+
+@pytest.mark.slow
+def test_one_line_error_from_a_new_interpreter(tmp_path):
+    """The same through ``python -m imgexp``: an error raised after the run's heavy imports."""
+    check_one_line(run_cli("device=gpu", "tracking=none", cwd=tmp_path, process=True), tmp_path, ["device", "gpu"])
+
+
+def check_one_line(proc, tmp_path, mentions):
     assert proc.returncode == 1
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr

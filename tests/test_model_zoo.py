@@ -2,6 +2,8 @@
 pretrained / weights / freeze_backbone handling."""
 from __future__ import annotations
 
+import importlib
+import sys
 import urllib.error
 
 import pytest
@@ -12,13 +14,16 @@ from torch import nn
 
 from imgexp.config import ConfigError
 from imgexp.data import DataInfo
-from imgexp.models import MODELS, create_model
+from imgexp.models import MODELS, SCHEMAS, create_model, register_model
+from imgexp.models.registry import HEADS
 from imgexp.train import Schedule, Trainer
 
-from conftest import CONF
+from conftest import CONF, run_cli
 
 NAMES = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
-HEAVY_AT_224 = {"alexnet", "resnet101", "resnet152", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn"}
+# over 40M parameters: a second or more to build at any size on 2 cores, so the quick tier leaves them out
+HEAVY = {"alexnet", "resnet101", "resnet152", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn"}
+SIZED = [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in NAMES]
 
 
 def info(c: int, size: int, classes: int = 10) -> DataInfo:
@@ -51,19 +56,17 @@ def check_train_step(model: nn.Module, c: int, size: int, classes: int) -> None:
     assert conv.weight.grad is not None and torch.isfinite(conv.weight.grad).all() and conv.weight.grad.any()
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SIZED)
 def test_trains_at_32px(compose_cfg, name):
     check_train_step(create_model(compose_cfg(f"model={name}").model, info(3, 32)), 3, 32, 10)
 
 
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY_AT_224 else n for n in NAMES]
-)
+@pytest.mark.parametrize("name", SIZED)
 def test_trains_at_224px(compose_cfg, name):
     check_train_step(create_model(compose_cfg(f"model={name}").model, info(3, 224, 5)), 3, 224, 5)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SIZED)
 def test_mnist_size(compose_cfg, name):
     """1x28x28; test_config.py trains every model on the default data, 1x8x8 digits."""
     model = create_model(compose_cfg(f"model={name}").model, info(1, 28)).eval()
@@ -203,3 +206,47 @@ def test_weights_load_a_saved_state_dict(compose_cfg, tmp_path):
 def test_freeze_backbone_leaves_only_the_head_trainable(compose_cfg, name, heads):
     model = create_model(compose_cfg(f"model={name}", "model.freeze_backbone=true").model, info(3, 32))
     assert trainable(model) == {f"{h}.{p}" for h in heads for p in ("weight", "bias")}
+
+
+TINY_NET = '''
+from torch import nn
+
+from imgexp.models import register_model
+
+
+@register_model
+def tiny_net(in_channels: int, num_classes: int, image_size: tuple[int, int], width: int = 8) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(in_channels, width, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(width, num_classes))
+'''
+
+
+@pytest.fixture
+def tiny_net(tmp_path, monkeypatch):
+    """The README's recipe: one builder in a module of one's own, one YAML in a config folder of one's own."""
+    (tmp_path / "my_models.py").write_text(TINY_NET)
+    (tmp_path / "conf" / "model").mkdir(parents=True)
+    (tmp_path / "conf" / "model" / "tiny_net.yaml").write_text(
+        "# A one-conv test model.\n# python -m imgexp model=tiny_net\ndefaults:\n  - /schema/model/tiny_net@_here_\n"
+        "  - _self_\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.import_module("my_models")
+    yield f"hydra.searchpath=[file://{tmp_path / 'conf'}]"
+    for registry in (MODELS, HEADS, SCHEMAS, sys.modules):  # the zoo as it was
+        registry.pop("tiny_net" if registry is not sys.modules else "my_models")
+
+
+def test_a_model_is_one_function_and_one_yaml(tiny_net, tmp_path, caplog):
+    proc = run_cli("model=tiny_net", "model.width=4", tiny_net, "epochs=1", "tracking=none", "analysis=none",
+                   "progress=false", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "tiny_net on digits (1x8x8, 10 classes): 90 trainable parameters" in proc.stdout  # 4 3x3 filters
+    # its schema comes from the signature: a typed key with its default, and nothing else
+    assert SCHEMAS["tiny_net"]().width == 8
+    bad = run_cli("model=tiny_net", "model.width=wide", tiny_net, "tracking=none", cwd=tmp_path)
+    assert bad.returncode == 1 and "model.width=wide" in bad.stderr
+    bad = run_cli("model=tiny_net", "model.depth=3", tiny_net, "tracking=none", cwd=tmp_path)
+    assert bad.returncode == 1 and "model.depth" in bad.stderr
+
+    register_model(MODELS["tiny_net"], name="tiny_net")  # the same name again: timm's warning, not silence
+    assert "model 'tiny_net' registered again: my_models.tiny_net replaces my_models.tiny_net" in caplog.text

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from omegaconf import OmegaConf
 from PIL import Image
 
-import imgexp.run
+import imgexp.analysis
 from imgexp.data import DataInfo
 from imgexp.models import create_model
 from imgexp.run import run
@@ -31,7 +31,7 @@ def runs_of(workdir, experiment="imgexp"):
 
 @pytest.mark.slow
 def test_cli_run_logs_everything(workdir):
-    proc = run_cli("epochs=2", "tracking.experiment=e2e", cwd=workdir)
+    proc = run_cli("epochs=2", "tracking.experiment=e2e", cwd=workdir, process=True)  # the real entry point, once
     assert proc.returncode == 0, proc.stderr[-2000:]
     client, runs = runs_of(workdir, "e2e")
     assert len(runs) == 1
@@ -124,7 +124,7 @@ def test_crash_marks_run_failed_and_keeps_what_was_logged(compose_cfg, workdir, 
     def broken(*args, **kwargs):
         raise RuntimeError("plotting broke")
 
-    monkeypatch.setattr(imgexp.run, "confusion_figure", broken)
+    monkeypatch.setattr(imgexp.analysis, "confusion_figure", broken)
     cfg = compose_cfg("epochs=2", "progress=false", "tracking.experiment=crash", "analysis=none")
     with pytest.raises(RuntimeError, match="plotting broke"):
         run(cfg, workdir / "out")

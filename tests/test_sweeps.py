@@ -20,10 +20,10 @@ from optuna.trial import TrialState
 
 from conftest import run_cli
 from hydra.core.utils import JobReturn, JobStatus
-from hydra_plugins.imgexp_grid_sweeper.grid_sweeper import failure
-from hydra_plugins.imgexp_optuna_sweeper.optuna_sweeper import outcome
+from hydra_plugins.imgexp_optuna_sweeper.study import outcome
 from hydra_plugins.imgexp_optuna_sweeper.study_lock import StudyLock
-from imgexp.tracking.trial import TrialPruned
+from imgexp.tracking.sweep import failure
+from imgexp.tracking.pruning import TrialPruned
 
 pytestmark = pytest.mark.slow  # real processes: left out of the quick tier (README, Tests)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import itertools
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -239,23 +238,6 @@ def smoke_args(name: str, workdir: Path) -> list[str]:
     return [f"data.root={root}", f"data.cache_dir={workdir / 'cache'}", *data_args, *SMOKE, *sweep]
 
 
-@pytest.fixture(scope="module")
-def sweeps(tmp_path_factory):
-    """Every template's sweep, launched through the CLI two at a time (a tiny sweep's time goes mostly to
-    start-up imports), the largest first; name -> future of (workdir, args, completed process)."""
-
-    def launch(name: str, workdir: Path, args: list[str]):
-        return workdir, args, run_cli("-m", "-cn", name, *args, cwd=workdir, timeout=900)
-
-    with pytest.MonkeyPatch.context() as mp, ThreadPoolExecutor(max_workers=2) as pool:
-        mp.setenv("OMP_NUM_THREADS", "1")  # two sweeps on two cores
-        futures = {}
-        for name in sorted(NAMES, key=lambda n: -(n_trials(n) or len(sweep_jobs(n)))):
-            workdir = tmp_path_factory.mktemp(name)
-            futures[name] = pool.submit(launch, name, workdir, smoke_args(name, workdir))  # composes here, once
-        yield futures
-
-
 def job_runs(workdir: Path):
     """The MLflow runs of a sweep's jobs, without a sweeper's parent run."""
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
@@ -266,8 +248,10 @@ def job_runs(workdir: Path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
-def test_template_sweep_runs_on_tiny_data(name, sweeps):
-    workdir, args, proc = sweeps[name].result()
+def test_template_sweep_runs_on_tiny_data(name, tmp_path):
+    workdir = tmp_path
+    args = smoke_args(name, workdir)
+    proc = run_cli("-m", "-cn", name, *args, cwd=workdir)
     try:
         assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
         runs = job_runs(workdir)

@@ -9,7 +9,7 @@ from hydra.core.config_store import ConfigStore
 @dataclass
 class OptunaSweeperConf:
     _target_: str = "hydra_plugins.imgexp_optuna_sweeper.optuna_sweeper.OptunaSweeper"
-    sampler: str = "tpe"  # tpe | random | cmaes | grid | nsgaii
+    sampler: str = "tpe"  # tpe | random | cmaes | grid | nsgaii (study.SAMPLERS)
     seed: Optional[int] = None  # the sampler's seed
     direction: Any = "maximize"  # minimize | maximize, or a list of them (one per optimized_metric)
     study_name: Optional[str] = None  # None: imgexp-<hash of the search space and fixed overrides>
@@ -17,7 +17,7 @@ class OptunaSweeperConf:
     n_trials: int = 20  # in the study as a whole: a rerun or another worker continues up to this
     n_jobs: int = 1  # trials in flight at once in this process (needs a process-based launcher)
     max_failure_rate: float = 1.0  # stop claiming trials once failed / finished exceeds this
-    pruner: str = "none"  # none | median | hyperband | successive_halving
+    pruner: str = "none"  # none | median | hyperband | successive_halving (imgexp.tracking.pruning.PRUNERS)
     pruner_startup_trials: int = 5  # median: trials finished before any pruning
     pruner_warmup_steps: int = 0  # median: epochs of each trial never pruned
     pruner_min_resource: int = 1  # hyperband / successive_halving: epochs before the first rung

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, Union
 
-import matplotlib
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-
-from imgexp.analysis.common import (check_ran, describe_layer, display_image, eval_mode, hooked, model_device,  # noqa: E402
+from imgexp.analysis.common import (check_ran, describe_layer, display_image, eval_mode, hooked, model_device,
                                    modules_of)
+from imgexp.analysis.pyplot import plt
 
 Target = Union[None, int, torch.Tensor]  # None: the predicted class; an int: that class for all; (N,) per image
 HEAD_PASSTHROUGH = (nn.Flatten, nn.Dropout, nn.Identity)  # modules allowed between the pool and the Linear

@@ -1,13 +1,13 @@
 """Shared by the model-inspection plots: forward hooks on named modules, eval mode, displayable images."""
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
 from torch import nn
-from torchvision.ops import SqueezeExcitation
 
 OutputHook = Callable[[str, torch.Tensor], Optional[torch.Tensor]]
 
@@ -47,9 +47,10 @@ def model_device(model: nn.Module) -> torch.device:
 def modules_of(model: nn.Module, kind: type[nn.Module]) -> list[str]:
     """Names of the model's modules of ``kind``, in registration order, leaving out those inside auxiliary
     classifiers (GoogLeNet's ``aux1``, ``aux2``: they run in training only) and squeeze-excitation blocks
-    (their convs see 1x1 maps)."""
+    (their convs see 1x1 maps; only torchvision's models have them, so it is not imported for the others)."""
+    squeeze_excitation = getattr(sys.modules.get("torchvision.ops"), "SqueezeExcitation", ())
     skip = tuple(f"{n}." for n, m in model.named_modules()
-                 if isinstance(m, SqueezeExcitation) or n.rsplit(".", 1)[-1].lower().startswith("aux"))
+                 if isinstance(m, squeeze_excitation) or n.rsplit(".", 1)[-1].lower().startswith("aux"))
     return [n for n, m in model.named_modules() if isinstance(m, kind) and not n.startswith(skip)]
 
 

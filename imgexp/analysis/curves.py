@@ -1,13 +1,11 @@
 """Learning curves: train and val accuracy and loss per epoch."""
 from __future__ import annotations
 
-import matplotlib
+import pandas as pd
+import seaborn as sns
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from imgexp.analysis.pyplot import plt
 
 
 def learning_curves_figure(history: list[dict[str, float]]):

@@ -1,14 +1,11 @@
 """Feature maps: the activation channels of chosen conv layers for one or a few images."""
 from __future__ import annotations
 
-import matplotlib
+import torch
+from torch import nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from imgexp.analysis.common import check_ran, display_image, eval_mode, hooked, model_device  # noqa: E402
+from imgexp.analysis.common import check_ran, display_image, eval_mode, hooked, model_device
+from imgexp.analysis.pyplot import plt
 
 
 @torch.no_grad()

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Union
 
-import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
 from imgexp.analysis.cam import cam, cam_grid_figure, class_cam_figures, correct_wrong_figure, depth_figure
 from imgexp.analysis.common import describe_layer, modules_of
 from imgexp.analysis.feature_maps import feature_maps_figure
+from imgexp.analysis.pyplot import plt
 from imgexp.analysis.tsne import default_layers, embedding_figure, embedding_html, layer_features, tsne_embed
 
 Artifacts = dict[str, Union[plt.Figure, str]]

@@ -8,17 +8,12 @@ from __future__ import annotations
 
 from typing import Iterable, Optional, Union
 
-import matplotlib
+import numpy as np
+import torch
+from torch import nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from sklearn.decomposition import PCA  # noqa: E402
-from sklearn.manifold import TSNE  # noqa: E402
-from torch import nn  # noqa: E402
-
-from imgexp.analysis.common import check_ran, eval_mode, hooked, model_device, modules_of  # noqa: E402
+from imgexp.analysis.common import check_ran, eval_mode, hooked, model_device, modules_of
+from imgexp.analysis.pyplot import plt
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 PCA_DIMS = 50  # features wider than this are reduced by PCA before t-SNE
@@ -67,6 +62,9 @@ def tsne_embed(features: np.ndarray, dims: int = 2, seed: int = 0, n_jobs: int =
     """(N, dims) t-SNE embedding of (N, D) features: PCA to 50 dims first when D > 50, PCA init, fixed
     ``seed``, ``n_jobs`` cores (-1: all), 500 iterations (half scikit-learn's default: the clusters have
     settled by then on the runs we looked at, and it halves the time)."""
+    from sklearn.decomposition import PCA  # here: importing scikit-learn costs every run a second
+    from sklearn.manifold import TSNE
+
     x = np.asarray(features, dtype=np.float32)
     if x.shape[1] > PCA_DIMS and len(x) > PCA_DIMS:
         x = PCA(PCA_DIMS, random_state=seed).fit_transform(x)

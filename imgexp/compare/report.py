@@ -8,20 +8,17 @@ import io
 import tempfile
 from fnmatch import fnmatch
 
-import matplotlib
+import mlflow
+import pandas as pd
+import seaborn as sns
+from matplotlib.ticker import MaxNLocator
+from PIL import Image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from PIL import Image  # noqa: E402
-
+from imgexp.analysis.pyplot import plt
 from imgexp.compare.stats import mean_ci
-from imgexp.compare.select import Selection  # noqa: E402
-from imgexp.compare.table import Table  # noqa: E402
-from imgexp.tracking.reuse import REUSED_FROM_TAG  # noqa: E402
+from imgexp.compare.select import Selection
+from imgexp.compare.table import Table
+from imgexp.tracking.reuse import REUSED_FROM_TAG
 
 CURVES = ("train/acc", "val/acc", "train/loss", "val/loss")
 # Plots shown first as thumbnails (patterns of artifact paths), then the rest by name.

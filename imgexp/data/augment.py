@@ -12,7 +12,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from imgexp.config import AugmentationConfig
+from imgexp.data.schema import AugmentationConfig
 
 BatchAugment = Callable[[torch.Tensor], torch.Tensor]
 

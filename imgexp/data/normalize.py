@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+NORMALIZATIONS = ("none", "rescale", "standardize", "imagenet")  # the cases of channel_stats
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

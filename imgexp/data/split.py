@@ -1,10 +1,10 @@
-"""Stratified train/val/test splits and subsets with a fixed seed (scikit-learn's train_test_split)."""
+"""Stratified train/val/test splits and subsets with a fixed seed: every class gives its share of a part
+(largest remainders round up), its members drawn at random."""
 from __future__ import annotations
 
 from typing import Optional
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 
 def part_size(labels: np.ndarray, fraction: float) -> int:
@@ -14,8 +14,13 @@ def part_size(labels: np.ndarray, fraction: float) -> int:
 
 def carve(idx: np.ndarray, labels: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split ``idx`` into (rest, a stratified part of ``n`` items)."""
-    rest, part = train_test_split(idx, test_size=n, stratify=labels[idx], random_state=seed)
-    return np.sort(rest), np.sort(part)
+    rng = np.random.default_rng(seed)
+    inverse, counts = np.unique(labels[idx], return_inverse=True, return_counts=True)[1:]
+    share = counts * n / len(idx)
+    take = np.floor(share).astype(int)
+    take[np.argsort(take - share, kind="stable")[: n - take.sum()]] += 1
+    part = np.concatenate([rng.choice(idx[inverse == c], size=k, replace=False) for c, k in enumerate(take)])
+    return np.setdiff1d(idx, part), np.sort(part)
 
 
 def stratified_split(

@@ -7,7 +7,6 @@ from urllib.error import URLError
 
 import numpy as np
 import torch
-import torchvision.datasets as tvd
 
 from imgexp.config import ConfigError
 from imgexp.data.folders import class_tree
@@ -20,7 +19,10 @@ def as_images(ds) -> Images:
     return Images(x.contiguous(), torch.as_tensor(np.asarray(ds.targets), dtype=torch.long))
 
 
-def load_torchvision(cfg, dataset_cls) -> Source:
+def load_torchvision(cfg, dataset: str) -> Source:
+    import torchvision.datasets  # only for these sources: importing it costs a second
+
+    dataset_cls = getattr(torchvision.datasets, dataset)
     root = Path(cfg.root or "data").expanduser()
     if (root / "train").is_dir():
         return class_tree(root)
@@ -36,6 +38,6 @@ def load_torchvision(cfg, dataset_cls) -> Source:
     return Source(as_images(train), list(train.classes), test=as_images(test))
 
 
-for _name, _cls in {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST,
-                    "cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}.items():
+for _name, _cls in {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10",
+                    "cifar100": "CIFAR100"}.items():
     register_source(_name)(lambda cfg, _cls=_cls: load_torchvision(cfg, _cls))

@@ -1,5 +1,12 @@
-"""Model zoo: one registry (``MODELS``), one module per family; ``create_model`` builds from ``cfg.model``."""
-from imgexp.models import alexnet, googlenet, lenet, mobilenet, resnet, small_cnn, vgg, vgg_style  # noqa: F401
-from imgexp.models.registry import MODELS, create_model, register_model
+"""Model zoo: one registry (``MODELS``), one module per family; ``create_model`` builds from ``cfg.model``.
+Every module in this package is imported here, so a new family is a new module: its ``@register_model``
+builder, and a YAML in conf/model/."""
+import importlib
+import pkgutil
 
-__all__ = ["MODELS", "create_model", "register_model"]
+from imgexp.models.registry import MODELS, SCHEMAS, create_model, register_model
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["MODELS", "SCHEMAS", "create_model", "register_model"]

@@ -4,31 +4,41 @@ to the loss through :meth:`GoogLeNet.auxiliary_loss`. Small inputs: conv1 3x3 st
 max-pools, so 32 px reach the inception blocks at 32, 16 and 8 px."""
 from __future__ import annotations
 
+from functools import cache
+
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
-from imgexp.models.layers import is_small, stem_conv
+from imgexp.models.layers import check_fractions, is_small, stem_conv
 from imgexp.models.registry import register_model
 
 AUX_WEIGHT = 0.3  # as in the GoogLeNet paper
 
 
-class GoogLeNet(torchvision.models.GoogLeNet):
-    def eager_outputs(self, x: torch.Tensor, aux2, aux1) -> torch.Tensor:
-        self.aux = (aux1, aux2) if self.training else ()
-        return x
+@cache
+def googlenet_class() -> type[nn.Module]:
+    """torchvision's GoogLeNet keeping the auxiliary logits; defined on first use, as importing torchvision
+    costs a second."""
+    import torchvision
 
-    def auxiliary_loss(self, targets: torch.Tensor) -> torch.Tensor:
-        """The auxiliary classifiers' weighted cross-entropy on the last training forward pass."""
-        return AUX_WEIGHT * sum(F.cross_entropy(a.float(), targets) for a in self.aux)
+    class GoogLeNet(torchvision.models.GoogLeNet):
+        def eager_outputs(self, x: torch.Tensor, aux2, aux1) -> torch.Tensor:
+            self.aux = (aux1, aux2) if self.training else ()
+            return x
+
+        def auxiliary_loss(self, targets: torch.Tensor) -> torch.Tensor:
+            """The auxiliary classifiers' weighted cross-entropy on the last training forward pass."""
+            return AUX_WEIGHT * sum(F.cross_entropy(a.float(), targets) for a in self.aux)
+
+    return GoogLeNet
 
 
-@register_model(head=("fc", "aux1.fc2", "aux2.fc2"))
-def googlenet(in_channels: int, num_classes: int, image_size: tuple[int, int], **kwargs) -> nn.Module:
-    """``kwargs``: the YAML's torchvision arguments (``dropout``)."""
-    model = GoogLeNet(num_classes=num_classes, aux_logits=True, init_weights=True, **kwargs)
+@register_model(head=("fc", "aux1.fc2", "aux2.fc2"), checks=(check_fractions("dropout"),))
+def googlenet(in_channels: int, num_classes: int, image_size: tuple[int, int],
+              dropout: float = 0.2) -> nn.Module:
+    """``dropout``: before the classifier."""
+    model = googlenet_class()(num_classes=num_classes, aux_logits=True, init_weights=True, dropout=dropout)
     small = is_small(image_size)
     model.conv1.conv = stem_conv(model.conv1.conv, in_channels, small)
     if small:

@@ -2,27 +2,41 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 from torch import nn
+
+from imgexp.config import require, require_choice
 
 SMALL_INPUT = 64  # images up to this many pixels a side get a small-input stem: 3x3 stride-1 conv, no max-pool
 
 
+NORMS: dict[str, Callable[[int], nn.Module]] = {
+    "batch": nn.BatchNorm2d,  # per channel over (N, H, W)
+    "layer": lambda c: nn.GroupNorm(1, c),  # per sample over (C, H, W)
+    "instance": lambda c: nn.GroupNorm(c, c),  # per sample and channel over (H, W)
+    "group": lambda c: nn.GroupNorm(math.gcd(32, c), c),  # per sample over gcd(32, C) groups of channels
+    "none": lambda c: nn.Identity(),
+}
+
+
 def norm_layer(kind: str, channels: int) -> nn.Module:
-    """batch: per channel over (N, H, W); layer: per sample over (C, H, W); instance: per sample and
-    channel over (H, W); group: per sample over gcd(32, C) groups of channels; none: identity."""
-    if kind == "batch":
-        return nn.BatchNorm2d(channels)
-    if kind == "layer":
-        return nn.GroupNorm(1, channels)
-    if kind == "instance":
-        return nn.GroupNorm(channels, channels)
-    if kind == "group":
-        return nn.GroupNorm(math.gcd(32, channels), channels)
-    if kind == "none":
-        return nn.Identity()
-    raise ValueError(f"unknown norm {kind!r}")
+    return NORMS[kind](channels)
+
+
+def check_norm(cfg) -> None:
+    """A model config's ``norm`` names one of :data:`NORMS`."""
+    require_choice(cfg.norm, tuple(NORMS), "norm")
+
+
+def check_fractions(*keys: str) -> Callable[[object], None]:
+    """A check that each of ``keys`` (dropout probabilities) is in [0, 1)."""
+
+    def check(cfg) -> None:
+        for key in keys:
+            require(0.0 <= getattr(cfg, key) < 1.0, key, "must be in [0, 1)")
+
+    return check
 
 
 def conv_unit(

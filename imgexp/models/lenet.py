@@ -3,13 +3,18 @@ from __future__ import annotations
 
 from torch import nn
 
-from imgexp.models.layers import conv_unit
+from imgexp.config import require_choice
+from imgexp.models.layers import check_norm, conv_unit
 from imgexp.models.registry import register_model
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
 
-@register_model
+def check_activation(cfg) -> None:
+    require_choice(cfg.activation, tuple(ACTIVATIONS), "activation")
+
+
+@register_model(checks=(check_norm, check_activation))
 def lenet(
     in_channels: int,
     num_classes: int,

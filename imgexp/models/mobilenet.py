@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from functools import partial
 
-import torchvision
 from torch import nn
 
-from imgexp.models.layers import conv_unit, is_small, stem_conv
+from imgexp.config import require
+from imgexp.models.layers import check_fractions, check_norm, conv_unit, is_small, stem_conv
 from imgexp.models.registry import register_model
 
 # (filters, stride) of the 13 depthwise-separable blocks after the stem (Howard et al. 2017, table 1)
 V1_BLOCKS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), *[(512, 1)] * 5, (1024, 2), (1024, 1)]
 
 
-@register_model
+def check_width(cfg) -> None:
+    require(cfg.width_multiplier > 0, "width_multiplier", f"must be > 0, got {cfg.width_multiplier}")
+
+
+@register_model(checks=(check_norm, check_width))
 def mobilenet_v1(
     in_channels: int,
     num_classes: int,
@@ -42,15 +46,16 @@ def mobilenet_v1(
 
 
 def inverted_residual(
-    name: str, in_channels: int, num_classes: int, image_size: tuple[int, int], **kwargs
+    name: str, in_channels: int, num_classes: int, image_size: tuple[int, int], dropout: float = 0.2
 ) -> nn.Module:
-    """A torchvision model whose stem conv is ``features[0][0]``; ``kwargs``: the YAML's torchvision
-    arguments (``dropout``)."""
-    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+    """A torchvision model whose stem conv is ``features[0][0]``; ``dropout`` before its classifier."""
+    import torchvision  # only when building: importing it costs a second
+
+    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, dropout=dropout)
     model.features[0][0] = stem_conv(model.features[0][0], in_channels, is_small(image_size))
     return model
 
 
 for _name in ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
               "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3"):
-    register_model(partial(inverted_residual, _name), name=_name)
+    register_model(partial(inverted_residual, _name), name=_name, checks=(check_fractions("dropout"),))

@@ -6,37 +6,94 @@ the classifier head (``freeze_backbone``).
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import os
-from dataclasses import fields
-from typing import Callable, Optional, Sequence
+import sys
+import typing
+from dataclasses import dataclass, field, fields, make_dataclass
+from typing import Callable, List, Optional, Sequence
 
 import torch
-import torchvision
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
 from torch import nn
 
-from imgexp.config import ConfigError, ModelConfig
+from imgexp.config import ConfigError
 
 log = logging.getLogger(__name__)
 
+
+@dataclass
+class ModelConfig:
+    """Keys every model has: ``pretrained`` loads torchvision's ImageNet weights, ``weights`` a local state
+    dict (after ``pretrained``), ``freeze_backbone`` leaves only the classifier head trainable."""
+
+    name: str = MISSING
+    pretrained: bool = False
+    weights: Optional[str] = None
+    freeze_backbone: bool = False
+
+
+Check = Callable[[object], None]  # raises ConfigError for a value out of range
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 HEADS: dict[str, tuple[str, ...]] = {}  # names of the classifier modules; empty: the model's last nn.Linear
+SCHEMAS: dict[str, type] = {}  # model name -> its config schema (schema/model/<name> in Hydra's ConfigStore)
 COMMON_KEYS = {f.name for f in fields(ModelConfig)}
+DATA_ARGS = ("in_channels", "num_classes", "image_size")  # what every builder gets from the data
 
 
 def register_model(fn: Optional[Callable[..., nn.Module]] = None, *, name: Optional[str] = None,
-                   head: Sequence[str] = ()):
-    """Register ``fn(in_channels, num_classes, image_size, **cfg_fields) -> nn.Module`` under ``name``
-    (default: the function's name). ``head`` names the classifier modules, the ones ``freeze_backbone``
-    leaves trainable and ``pretrained`` replaces; by default the model's last ``nn.Linear``.
-    Use as ``@register_model``, ``@register_model(head=...)`` or ``register_model(fn, name=...)``."""
+                   head: Sequence[str] = (), checks: Sequence[Check] = ()):
+    """Register ``fn(in_channels, num_classes, image_size, **keys) -> nn.Module`` under ``name`` (default:
+    the function's name), with its config schema: :class:`ModelConfig`'s keys plus ``fn``'s keyword
+    arguments, typed and with the defaults its signature gives; ``checks`` add range checks. A YAML
+    ``conf/model/<name>.yaml`` pulling in ``/schema/model/<name>@_here_`` makes it ``model=<name>``.
+    ``head`` names the classifier modules, the ones ``freeze_backbone`` leaves trainable and ``pretrained``
+    replaces; by default the model's last ``nn.Linear``. Use as ``@register_model``,
+    ``@register_model(head=..., checks=...)`` or ``register_model(fn, name=...)``."""
 
     def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         key = name or fn.__name__
-        MODELS[key], HEADS[key] = fn, tuple(head)
+        if key in MODELS:
+            log.warning("model %r registered again: %s replaces %s", key, describe(fn), describe(MODELS[key]))
+        MODELS[key], HEADS[key], SCHEMAS[key] = fn, tuple(head), model_schema(fn, key, checks)
+        ConfigStore.instance().store(group="schema/model", name=key, node=SCHEMAS[key])
         return fn
 
     return add if fn is None else add(fn)
+
+
+def describe(fn: Callable) -> str:
+    fn = getattr(fn, "func", fn)  # a functools.partial: the function it calls
+    return f"{fn.__module__}.{fn.__qualname__}"
+
+
+def model_schema(fn: Callable[..., nn.Module], name: str, checks: Sequence[Check]) -> type:
+    """A dataclass of ``fn``'s keyword arguments after the data's (``List[int]`` for a list or tuple
+    default), based on :class:`ModelConfig`, whose ``__post_init__`` runs ``checks``."""
+    keys: list = [("name", str, field(default=name))]
+    for p in inspect.signature(fn, eval_str=True).parameters.values():
+        if p.name in DATA_ARGS or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.default is p.empty:
+            raise TypeError(f"model {name}: argument {p.name!r} needs a default (it is the config's)")
+        kind = p.annotation
+        if isinstance(p.default, (list, tuple)):
+            item = (typing.get_args(kind) or (typing.Any,))[0]
+            keys.append((p.name, List[item], field(default_factory=lambda d=p.default: list(d))))
+        else:
+            keys.append((p.name, kind, field(default=p.default)))
+
+    def __post_init__(self) -> None:
+        for check in checks:
+            check(self)
+
+    module = getattr(fn, "func", fn).__module__
+    schema = make_dataclass(f"{name}_config", keys, bases=(ModelConfig,), namespace={"__post_init__": __post_init__})
+    schema.__module__ = module
+    setattr(sys.modules[module], schema.__name__, schema)  # pickled configs (process launchers) find it there
+    return schema
 
 
 def create_model(cfg, info) -> nn.Module:
@@ -85,6 +142,8 @@ def load_pretrained(model: nn.Module, name: str, heads: tuple[str, ...], in_chan
     """Load torchvision's default ImageNet weights for ``name`` into ``model`` except its heads. Where the
     model was adapted (a small-input stem), a module whose tensors no longer fit keeps its fresh init; a
     first conv for ``in_channels != 3`` gets the RGB filters' mean (scaled by 3 / in_channels)."""
+    import torchvision
+
     if name not in torchvision.models.list_models():
         raise ConfigError("model.pretrained", f"no pretrained weights for {name} (only torchvision's models)")
     weights = torchvision.models.get_model_weights(name).DEFAULT

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from functools import partial
 
-import torchvision
 from torch import nn
 
 from imgexp.models.layers import is_small, stem_conv
@@ -11,6 +10,8 @@ from imgexp.models.registry import register_model
 
 
 def resnet(name: str, in_channels: int, num_classes: int, image_size: tuple[int, int]) -> nn.Module:
+    import torchvision  # only when building: importing it costs a second
+
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     small = is_small(image_size)
     model.conv1 = stem_conv(model.conv1, in_channels, small)

@@ -3,11 +3,16 @@ from __future__ import annotations
 
 from torch import nn
 
-from imgexp.models.layers import conv_unit
+from imgexp.config import require
+from imgexp.models.layers import check_fractions, check_norm, conv_unit
 from imgexp.models.registry import register_model
 
 
-@register_model
+def check_widths(cfg) -> None:
+    require(len(cfg.widths) > 0 and min(cfg.widths) > 0, "widths", "must be positive channel counts")
+
+
+@register_model(checks=(check_norm, check_widths, check_fractions("dropout", "dense_dropout")))
 def small_cnn(
     in_channels: int,
     num_classes: int,

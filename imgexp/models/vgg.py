@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from functools import partial
 
-import torchvision
 from torch import nn
 
-from imgexp.models.layers import is_small, stem_conv
+from imgexp.models.layers import check_fractions, is_small, stem_conv
 from imgexp.models.registry import register_model
 
 
-def vgg(name: str, in_channels: int, num_classes: int, image_size: tuple[int, int], **kwargs) -> nn.Module:
-    """``kwargs``: the YAML's torchvision arguments (``dropout``)."""
-    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+def vgg(name: str, in_channels: int, num_classes: int, image_size: tuple[int, int],
+        dropout: float = 0.5) -> nn.Module:
+    """``dropout``: in the classifier's two hidden layers."""
+    import torchvision  # only when building: importing it costs a second
+
+    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, dropout=dropout)
     small = is_small(image_size)
     model.features[0] = stem_conv(model.features[0], in_channels, small)
     if small:
@@ -24,4 +26,4 @@ def vgg(name: str, in_channels: int, num_classes: int, image_size: tuple[int, in
 
 
 for _name in ("vgg11", "vgg16", "vgg19", "vgg11_bn", "vgg16_bn", "vgg19_bn"):
-    register_model(partial(vgg, _name), name=_name)
+    register_model(partial(vgg, _name), name=_name, checks=(check_fractions("dropout"),))

@@ -3,11 +3,17 @@ from __future__ import annotations
 
 from torch import nn
 
-from imgexp.models.layers import conv_unit
+from imgexp.config import require
+from imgexp.models.layers import check_norm, conv_unit
 from imgexp.models.registry import register_model
 
 
-@register_model
+def check_counts(cfg) -> None:
+    for key in ("blocks", "convs_per_block", "dense"):
+        require(getattr(cfg, key) >= 1, key, f"must be >= 1, got {getattr(cfg, key)}")
+
+
+@register_model(checks=(check_norm, check_counts))
 def vgg_style(
     in_channels: int,
     num_classes: int,

@@ -1,19 +1,24 @@
-"""A sweep's MLflow parent run: opened by imgexp's sweepers before the first job, closed with a summary.
+"""What imgexp's two sweepers share: a sweep's MLflow parent run, opened before the first job and closed
+with a summary (:func:`finish`), and how a failed job is recorded.
 
 Jobs find it through ``tracking.parent_run_id`` (an override the sweeper adds to every job), so it works
 whatever launcher runs them: in-process, joblib worker processes or SLURM jobs.
 """
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
+from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig
 
+from imgexp.errors import describe
 from imgexp.tracking.mlflow import SWEEP_ID_TAG, experiment_id, open_store, source_tags, tracking_uri
 
+log = logging.getLogger(__name__)
 SWEEPER_KEYS = ("tracking.parent_run_id=", "tracking.job_name=", "trial.")  # overrides the sweepers add to jobs
 INTERNAL = re.compile(r"\s*(?:" + "|".join(re.escape(k) if k.endswith("=") else re.escape(k) + r"\w+="
                                              for k in SWEEPER_KEYS) + r")(?:'(?:\\.|[^'])*'|\S+)")
@@ -101,3 +106,44 @@ class ParentRun:
         for path in files:
             self.client.log_artifact(self.run_id, str(path))
         self.client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED")
+
+
+class SweepFailed(RuntimeError):
+    """Some jobs of a sweep failed; their runs are recorded and the other jobs ran to the end."""
+
+
+def job_error(ret: JobReturn) -> Optional[BaseException]:
+    """The exception a failed job raised (Hydra's JobReturn keeps it); None for a completed job."""
+    return ret._return_value if ret.status == JobStatus.FAILED else None
+
+
+def failure(ret: JobReturn, error: BaseException) -> dict[str, Any]:
+    """A failed job for the summary: its number, the overrides the user asked for, the one-line error."""
+    asked = [o for o in ret.overrides or [] if not o.startswith(SWEEPER_KEYS)]
+    return {"job": ret.hydra_cfg.hydra.job.num if ret.hydra_cfg else None, "overrides": asked,
+            "error": describe(error)}
+
+
+def finish(counts: dict[str, int], failed: list[dict], sweep_dir: Path, parent: ParentRun,
+           results: Optional[dict] = None) -> None:
+    """Log and save the summary (and ``results``), close the parent run, raise if a job failed."""
+    for f in failed:
+        log.error("job %s failed (%s): %s", f["job"], " ".join(f["overrides"]), f["error"])
+    log.info("sweep done: %s; summary in %s", ", ".join(f"{v} {k}" for k, v in counts.items()), sweep_dir)
+    files = {"sweep_summary.json": {**counts, "failed": failed}}
+    tags = {}
+    if results:
+        files["optimization_results.json"] = results
+        tags = {f"best.{k}": str(v) for k, v in results.get("best_params", {}).items()}
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        (sweep_dir / name).write_text(json.dumps(content, indent=2))
+    written = [sweep_dir / name for name in files]
+    metrics = {f"sweep/{k}": float(v) for k, v in counts.items()}
+    if results and "best_value" in results:
+        metrics["sweep/best_value"] = float(results["best_value"])
+    parent.close(bool(failed), metrics, tags, written)
+    if failed:
+        raise SweepFailed(f"{len(failed)} of {counts.get('jobs', counts.get('trials'))} jobs failed "
+                          f"(details in {sweep_dir / 'sweep_summary.json'}); first: "
+                          f"{' '.join(failed[0]['overrides'])}: {failed[0]['error']}")

@@ -5,34 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import optuna
 from omegaconf import DictConfig
 
 PRUNER_ATTR = "imgexp.pruner"  # study user attr: {"name": "median", "n_startup_trials": 5, ...}
 CHECKPOINT_ATTR = "imgexp.checkpoint_dir"  # trial user attr: where the job writes last.pt
-PRUNERS = ("none", "median", "hyperband", "successive_halving")
-
-
-class TrialPruned(optuna.TrialPruned):
-    """Raised from the epoch callback; the MLflow run is kept and tagged pruned."""
-
-    run_status = "pruned"
-
-
-def build_pruner(spec: dict) -> optuna.pruners.BasePruner:
-    """``{"name": "median", "n_startup_trials": 5, "n_warmup_steps": 1}`` -> an Optuna pruner."""
-    name = spec.get("name", "none")
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=spec.get("n_startup_trials", 5),
-                                           n_warmup_steps=spec.get("n_warmup_steps", 0))
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=spec.get("min_resource", 1),
-                                              max_resource=spec.get("max_resource", "auto"))
-    if name == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=spec.get("min_resource", "auto"))
-    if name == "none":
-        return optuna.pruners.NopPruner()
-    raise ValueError(f"pruner must be one of {', '.join(PRUNERS)}, got {name!r}")
 
 
 def join_trial(trial: DictConfig, metric: str, checkpoint_dir: Path):
@@ -42,6 +18,10 @@ def join_trial(trial: DictConfig, metric: str, checkpoint_dir: Path):
     outside an Optuna sweep, or when the study does not prune."""
     if trial.study is None:
         return None
+    import optuna  # only in an Optuna sweep
+
+    from imgexp.tracking.pruning import TrialPruned, build_pruner
+
     study = optuna.load_study(study_name=trial.study, storage=trial.storage)
     live = optuna.trial.Trial(study, trial.id)
     live.set_user_attr(CHECKPOINT_ATTR, str(checkpoint_dir.resolve()))

@@ -1,0 +1,19 @@
+"""Config schema of the tracking group (conf/tracking/): where and how a run is logged in MLflow."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory
+    experiment: str = "imgexp"
+    run_name: Optional[str] = None
+    parent_run_id: Optional[str] = None  # set by imgexp's sweepers: the sweep's MLflow parent run
+    job_name: Optional[str] = None  # set by imgexp's sweepers: the job's swept values, its run's name
+    offline_wait_s: float = 600  # a server down at the run's end: wait this long, then keep the rest on disk
+
+
+SCHEMAS = {"tracking": {"base": TrackingConfig}}

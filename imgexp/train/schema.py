@@ -1,0 +1,35 @@
+"""Config schema of the trainer group (conf/trainer/): how the training engine runs."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from imgexp.config import require, require_choice
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainerConfig:
+    """How the training engine runs: numerics, memory format, compilation, clipping, EMA, warmup."""
+
+    precision: str = "fp32"  # fp32 | bf16 (autocast; CPU or GPU) | fp16 (autocast + GradScaler; CUDA only)
+    channels_last: bool = False  # NHWC memory format for conv nets
+    compile: bool = False  # torch.compile the model
+    tf32: bool = True  # TF32 matmuls and convolutions on CUDA (fp32 runs only differ in the last bits)
+    grad_clip: float = 0.0  # max gradient norm; 0 = off
+    ema: float = 0.0  # decay of an exponential moving average of the weights, validated and tested; 0 = off
+    warmup_epochs: int = 0  # linear learning-rate warmup before the scheduler starts ...
+    warmup_steps: int = 0  # ... in epochs or in optimizer steps (one of the two)
+    deterministic: bool = False  # deterministic algorithms; otherwise cudnn.benchmark picks the fastest
+
+    def __post_init__(self) -> None:
+        require_choice(self.precision, PRECISIONS, "precision")
+        require(self.grad_clip >= 0, "grad_clip", f"must be >= 0, got {self.grad_clip}")
+        require(0.0 <= self.ema < 1.0, "ema", f"must be in [0, 1), got {self.ema}")
+        require(self.warmup_epochs >= 0 and self.warmup_steps >= 0, "warmup_epochs", "warmup must be >= 0")
+        require(not (self.warmup_epochs and self.warmup_steps), "warmup_steps",
+                "give warmup_epochs or warmup_steps, not both")
+
+
+SCHEMAS = {"trainer": {"base": TrainerConfig}}
