@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 from hydra import compose, initialize_config_module
 
 from imgexp.analysis.report import final_artifacts
-from imgexp.config import register
+from imgexp.register import register
 from imgexp.run import analysis_sample, build
 
 ROOT = Path(__file__).resolve().parents[2] / "shared/datasets/cifar10"

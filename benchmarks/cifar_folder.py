@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_module
 
-from imgexp.config import register
+from imgexp.register import register
 from imgexp.data import build
 
 ROOT = Path(__file__).resolve().parents[2] / "shared/datasets/cifar10"

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import transforms as T
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
-from imgexp.config import register
+from imgexp.register import register
 from imgexp.data.augment import build_augment
 from imgexp.data.loader import TensorLoader
 from imgexp.data.normalize import channel_stats

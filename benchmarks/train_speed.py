@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 
-from imgexp.config import register
+from imgexp.register import register
 from imgexp.models import create_model
 from imgexp.run import build
 

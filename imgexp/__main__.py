@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from imgexp.config import register
+from imgexp.register import register
 from imgexp.errors import one_line, run_app
 
 FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"

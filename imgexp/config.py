@@ -1,8 +1,11 @@
-"""Structured-config schemas: one dataclass per config-group option, registered in Hydra's ConfigStore.
+"""The config's core: the root schema (top-level keys and the ``trial`` block), the error a bad value
+raises, validation of a composed config against every schema, and the config hash.
 
-Every YAML under ``conf/<group>/`` pulls its schema in with ``- /schema/<group>/<name>@_here_``, so
-Hydra rejects unknown keys and wrong types while composing, and :func:`validate` checks value ranges
-(``batch=0``) through each dataclass's ``__post_init__``.
+Each group's option schemas sit beside the code they configure (``imgexp/models/``, ``imgexp/data/schema.py``,
+...); :mod:`imgexp.register` stores them all in Hydra's ConfigStore. Every YAML under ``conf/<group>/``
+pulls its schema in with ``- /schema/<group>/<name>@_here_``, so Hydra rejects unknown keys and wrong types
+while composing, and :func:`validate` checks value ranges (``batch=0``) through each dataclass's
+``__post_init__``.
 """
 from __future__ import annotations
 
@@ -11,7 +14,6 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 
@@ -97,40 +99,6 @@ class Config:
             "device",
             f"must be auto, cpu, mps or cuda[:N], got {self.device!r}",
         )
-
-
-def schemas() -> dict[str, dict[str, type]]:
-    """Each group's option schemas, ``{group: {name: dataclass}}``, from the module beside the code each
-    configures (imgexp.models registers a schema per model builder)."""
-    from imgexp.analysis.schema import SCHEMAS as analysis
-    from imgexp.data.schema import SCHEMAS as data
-    from imgexp.losses.schema import SCHEMAS as loss
-    from imgexp.models import SCHEMAS as models
-    from imgexp.optim_schema import SCHEMAS as optim
-    from imgexp.tracking.schema import SCHEMAS as tracking
-    from imgexp.train.schema import SCHEMAS as trainer
-
-    return {"model": dict(models), **data, **optim, **loss, **trainer, **analysis, **tracking}
-
-
-def register() -> None:
-    """Store the root schema as ``config_schema`` and each option's schema under ``schema/<group>/``,
-    and register imgexp's sweepers and template search path with Hydra (its plugin scan misses them in
-    editable installs)."""
-    from hydra.core.plugins import Plugins
-
-    plugins = Plugins.instance()  # scan first: the scan re-executes plugin modules it finds
-    from hydra_plugins.imgexp_grid_sweeper.grid_sweeper import GridSweeper
-    from hydra_plugins.imgexp_optuna_sweeper.optuna_sweeper import OptunaSweeper
-    from hydra_plugins.imgexp_templates.templates_searchpath import TemplatesSearchPath
-
-    for plugin in (GridSweeper, OptunaSweeper, TemplatesSearchPath):
-        plugins.register(plugin)
-    cs = ConfigStore.instance()
-    cs.store(name="config_schema", node=Config)
-    for group, options in schemas().items():
-        for name, node in options.items():
-            cs.store(group=f"schema/{group}", name=name, node=node)
 
 
 # Keys that cannot change what a run computes: left out of its config hash.

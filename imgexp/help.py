@@ -14,7 +14,7 @@ USAGE = """imgexp: image-classification experiments with Hydra, PyTorch, MLflow 
   mlflow ui                                                browse every run
 
 The composed config of a command: add --cfg job. Hydra's own options: --hydra-help."""
-SWEEPERS = ("grid", "optuna")  # imgexp's, registered in code (imgexp.config.register)
+SWEEPERS = ("grid", "optuna")  # imgexp's, registered in code (imgexp.register)
 
 
 def options(folder) -> list[str]:

@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_module
 from PIL import Image
 
 import imgexp.conf
-from imgexp.config import register
+from imgexp.register import register
 
 register()
 CONF = Path(imgexp.conf.__file__).parent
@@ -96,6 +96,11 @@ def process_state():
             lg.handlers[:], lg.filters[:], lg.level, lg.propagate, lg.disabled = hs, fs, level, propagate, disabled
         GlobalHydra.instance().clear()
 
+
+# Over 50M parameters, mostly dense layers no image size shrinks: seconds to build and step on 2 cores.
+HEAVY_MODELS = {"alexnet", "resnet152", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn"}
+# The models the quick tier (-m "not slow") does not build: the heavy ones and those near a second a build.
+SLOW_MODELS = HEAVY_MODELS | {"resnet50", "resnet101", "resnext50_32x4d", "efficientnet_b2", "efficientnet_b3"}
 
 CLASSES = ["ant", "bee", "cow"]
 

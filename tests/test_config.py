@@ -5,10 +5,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from imgexp.config import schemas, validate
+from imgexp.config import validate
+from imgexp.register import schemas
 from imgexp.run import build
 
-from conftest import CONF, config_options
+from conftest import CONF, SLOW_MODELS, config_options
 
 OPTIONS = config_options()
 SCHEMAS = schemas()
@@ -19,11 +20,11 @@ def test_every_group_has_options():
     assert groups == set(SCHEMAS), "each schema group has YAML options and vice versa"
 
 
-HEAVY = ("vgg", "resnet101", "resnet152", "resnext", "efficientnet_b2", "efficientnet_b3")  # seconds to build
+SLOW = {("model", name) for name in SLOW_MODELS} | {("data", "catsdogs"), ("data", "imagenet_subset")}  # 224 px
 
 
 @pytest.mark.parametrize("group,option", [
-    pytest.param(g, o, marks=pytest.mark.slow) if g == "model" and o.startswith(HEAVY) else (g, o) for g, o in OPTIONS
+    pytest.param(g, o, marks=pytest.mark.slow) if (g, o) in SLOW else (g, o) for g, o in OPTIONS
 ], ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_composes_and_builds(compose_cfg, image_tree, tmp_path, group, option):
     extra = {

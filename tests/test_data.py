@@ -164,6 +164,7 @@ def test_torchvision_arrays_become_nchw_uint8():
     assert as_images(Fake()).x.shape == (2, 3, 32, 32)
 
 
+@pytest.mark.slow  # reads real files: seconds
 @pytest.mark.skipif(not SHARED_CIFAR.is_dir(), reason=f"needs the CIFAR-10 image folder {SHARED_CIFAR} (shared/datasets/cifar10 beside the repository)")
 def test_shared_cifar10_folder_slice(compose_cfg, tmp_path):
     source = folders.class_tree(SHARED_CIFAR)

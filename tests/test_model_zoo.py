@@ -18,12 +18,10 @@ from imgexp.models import MODELS, SCHEMAS, create_model, register_model
 from imgexp.models.registry import HEADS
 from imgexp.train import Schedule, Trainer
 
-from conftest import CONF, run_cli
+from conftest import CONF, SLOW_MODELS, run_cli
 
 NAMES = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
-# over 40M parameters: a second or more to build at any size on 2 cores, so the quick tier leaves them out
-HEAVY = {"alexnet", "resnet101", "resnet152", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn"}
-SIZED = [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in NAMES]
+SIZED = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_MODELS else n for n in NAMES]
 
 
 def info(c: int, size: int, classes: int = 10) -> DataInfo:

@@ -38,6 +38,7 @@ def test_wheel_contains_config_tree(tmp_path):
             "hydra_plugins/imgexp_optuna_sweeper/optuna_sweeper.py"} <= names
 
 
+@pytest.mark.slow
 def test_templates_run_from_any_directory(tmp_path):
     """``imgexp -cn <template>`` finds the shipped templates outside the repository."""
     proc = subprocess.run([sys.executable, "-m", "imgexp", "-cn", "report_d_ablation", "report_d_ablation=c",
@@ -59,3 +60,16 @@ def test_help_lists_what_users_choose_and_loads_no_torch(tmp_path):
     assert "schema/" not in proc.stdout and "trial" not in proc.stdout  # no internal groups or keys
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert not imported & {"torch", "optuna", "mlflow", "torchvision", "matplotlib"}
+
+
+@pytest.mark.slow
+def test_a_run_imports_only_what_its_config_uses(tmp_path):
+    """No Optuna outside a sweep, no MLflow without tracking, no torchvision for digits' small_cnn, no
+    scikit-learn or plotly without the t-SNE analysis: each costs every start up to a second."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "imgexp", "tracking=none", "analysis=none",
+                           "epochs=1", "data.subset=100", "progress=false"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "torch" in imported and "matplotlib" in imported  # the test sees imports: the plots load it at the end
+    assert not imported & {"optuna", "mlflow", "torchvision", "sklearn", "plotly"}

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from imgexp.config import validate
 
-from conftest import CLASSES, class_tree, run_cli, write_image
+from conftest import CLASSES, HEAVY_MODELS, class_tree, run_cli, write_image
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "multirun_templates"
 NAMES = sorted(p.stem for p in TEMPLATES.glob("*.yaml"))
@@ -145,7 +145,7 @@ def test_every_job_composes_validates_and_differs(name):
         return
     jobs = sweep_jobs(name)
     assert len(jobs) >= 2
-    configs = [compose_template(name, [*job, ANY_ROOT]) for job in jobs]
+    configs = [compose_cached(name, (*job, ANY_ROOT)) for job in jobs]  # test_swept_option_takes_effect's too
     for cfg in configs:
         validate(cfg)  # the schemas' range checks, at the template's full-size settings
         assert cfg.tracking.experiment == name, "each template logs to an MLflow experiment of its name"
@@ -162,7 +162,7 @@ def test_swept_option_takes_effect(path, compose_cfg):
     """Each group override and value of an option file is in its job's config: a template's defaults list that
     overrides the same group would silently win over the option's override."""
     group, option = path.parent.name, path.stem
-    job = flat(OmegaConf.to_container(compose_template(group, [f"{group}={option}", ANY_ROOT]), resolve=True))
+    job = flat(OmegaConf.to_container(compose_cached(group, (f"{group}={option}", ANY_ROOT)), resolve=True))
     text = OmegaConf.load(path)
     defaults = text.pop("defaults", [])
     values = flat(OmegaConf.to_container(text, resolve=True))
@@ -209,21 +209,20 @@ TINY = {  # data.name -> (make a tiny tree at a path, overrides that fit the dat
                         [f"data.num_classes={len(CLASSES)}"]),
     "catsdogs": (catsdogs_folder, []),
 }
-# Over 50M parameters, mostly in dense layers that no image size shrinks: several seconds a job on 2 cores, so
-# the smoke runs leave them out (test_model_zoo trains each; every job of every template composes above).
-HEAVY = {"alexnet", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn", "resnet152"}
+# HEAVY_MODELS: several seconds a job on 2 cores, so the smoke runs leave them out (test_model_zoo trains each;
+# every job of every template composes above).
 SMOKE = ["epochs=1", "analysis=none", "progress=false", "device=cpu", "data.num_workers=0", "data.image_size=16",
          "model.pretrained=false"]  # report B's ResNet-50 starts from downloaded weights; not here, offline
 
 
 def smoke_jobs(name: str) -> tuple[list[str], list[list[str]]]:
-    """(overrides, jobs) of a grid template's smoke run: a one-axis sweep without its HEAVY models, given on the
+    """(overrides, jobs) of a grid template's smoke run: a one-axis sweep without its HEAVY_MODELS, given on the
     command line (where it wins over hydra.sweeper.params); any other sweep in full."""
     jobs = sweep_jobs(name)
     keys = {job_override.split("=", 1)[0] for job in jobs for job_override in job}
     if len(keys) != 1:
         return [], jobs
-    light = [job for job in jobs if compose_cached(name, (*job, ANY_ROOT)).model.name not in HEAVY]
+    light = [job for job in jobs if compose_cached(name, (*job, ANY_ROOT)).model.name not in HEAVY_MODELS]
     if len(light) == len(jobs):
         return [], jobs
     return [f"{keys.pop()}={','.join(job[0].split('=', 1)[1] for job in light)}"], light

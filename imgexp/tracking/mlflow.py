@@ -81,7 +81,8 @@ class MlflowTracker(Tracker):
     could not be sent is kept in order in a :class:`~imgexp.tracking.spool.Spool` and sent once the
     server answers again (tried at most every ``RETRY_S`` seconds)."""
 
-    RETRY_S = 20.0
+    RETRY_S = 20.0  # while training
+    WAIT_RETRY_S = 2.0  # at the end, waiting for the server with nothing else to do
 
     def __init__(self, client, run_id: str, uri: str, spool_dir: Path) -> None:
         from imgexp.tracking.spool import Spool
@@ -91,11 +92,11 @@ class MlflowTracker(Tracker):
         self.offline = self.spool.pending() > 0
         self.last_try = 0.0
 
-    def _send_spool(self) -> bool:
-        """Try to send what is spooled (rate-limited); True once nothing is left."""
+    def _send_spool(self, every: float = RETRY_S) -> bool:
+        """Try to send what is spooled (at most ``every`` seconds); True once nothing is left."""
         if not self.offline:
             return True
-        if time.monotonic() - self.last_try < self.RETRY_S:
+        if time.monotonic() - self.last_try < every:
             return False
         self.last_try = time.monotonic()
         try:
@@ -192,9 +193,9 @@ class MlflowTracker(Tracker):
                     self.uri, wait_s, self.spool.pending())
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
-            if self._send_spool():
+            if self._send_spool(self.WAIT_RETRY_S):
                 return
-            time.sleep(min(self.RETRY_S, max(0.0, deadline - time.monotonic())))
+            time.sleep(min(self.WAIT_RETRY_S, max(0.0, deadline - time.monotonic())))
         log.error("tracking server %s still unreachable: %d operations of run %s are kept in %s; send them "
                   "with: python -m imgexp.tracking.spool %s", self.uri, self.spool.pending(), self.run_id,
                   self.spool.folder, self.spool.folder)
