@@ -1,6 +1,9 @@
 """Every option of every config group composes, validates and builds; every YAML documents itself."""
 from __future__ import annotations
 
+import dataclasses
+import re
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -58,3 +61,21 @@ def test_yaml_starts_with_what_and_how(group, option):
 def test_primary_config_documents_itself():
     text = (CONF / "config.yaml").read_text()
     assert text.startswith("# ") and "python -m imgexp" in text.split("defaults:")[0]
+
+
+def schema_defaults(schema: type) -> dict:
+    return {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            for f in dataclasses.fields(schema)
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+
+
+@pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_yaml_sets_only_what_differs_from_its_schema(group, option):
+    """One source of defaults: the schema's dataclass (a model's, its builder's signature); a YAML adds its
+    comment and what differs."""
+    path = CONF / group / f"{option}.yaml"
+    (schema_name,) = re.findall(rf"- /schema/{group}/(\w+)@_here_", path.read_text())
+    values = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    values.pop("defaults", None)
+    defaults = schema_defaults(SCHEMAS[group][schema_name])
+    assert [k for k, v in values.items() if k in defaults and defaults[k] == v] == []
