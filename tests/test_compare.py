@@ -267,9 +267,14 @@ def setting_store(root: Path) -> str:
     return uri
 
 
+@pytest.fixture(scope="module")
+def settings_uri(tmp_path_factory) -> str:
+    return setting_store(tmp_path_factory.mktemp("settings"))
+
+
 @pytest.mark.parametrize("columns,split", [(None, []), ("model", ["batch", "epochs"]), ("batch", ["epochs"])])
-def test_a_cell_never_pools_different_settings(tmp_path, columns, split):
-    uri = setting_store(tmp_path)
+def test_a_cell_never_pools_different_settings(tmp_path, settings_uri, columns, split):
+    uri = settings_uri
     overrides = [f"tracking_uri={uri}", "experiment=settings", "metrics=[test/acc]", "digits=3"]
     cfg = settings(*overrides, *([f"columns={columns}"] if columns else []))
     markdown = compare(cfg, tmp_path / "out")

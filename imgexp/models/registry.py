@@ -70,15 +70,16 @@ def describe(fn: Callable) -> str:
 
 
 def model_schema(fn: Callable[..., nn.Module], name: str, checks: Sequence[Check]) -> type:
-    """A dataclass of ``fn``'s keyword arguments after the data's (``List[int]`` for a list or tuple
-    default), based on :class:`ModelConfig`, whose ``__post_init__`` runs ``checks``."""
+    """A dataclass of ``fn``'s keyword arguments after the data's (typed by their annotations, else by their
+    defaults; ``List[...]`` for a list or tuple default), based on :class:`ModelConfig`, whose
+    ``__post_init__`` runs ``checks``."""
     keys: list = [("name", str, field(default=name))]
     for p in inspect.signature(fn, eval_str=True).parameters.values():
         if p.name in DATA_ARGS or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
         if p.default is p.empty:
             raise TypeError(f"model {name}: argument {p.name!r} needs a default (it is the config's)")
-        kind = p.annotation
+        kind = p.annotation if p.annotation is not p.empty else typing.Any if p.default is None else type(p.default)
         if isinstance(p.default, (list, tuple)):
             item = (typing.get_args(kind) or (typing.Any,))[0]
             keys.append((p.name, List[item], field(default_factory=lambda d=p.default: list(d))))
