@@ -28,7 +28,7 @@ from imgexp.tracking.mlflow import CHECKPOINT_DIR_TAG, CONFIG_HASH_TAG
 from imgexp.tracking.sweep import SWEEPER_KEYS
 from imgexp.tracking.trial import join_trial
 from imgexp.train import Schedule, Trainer, TrainingInterrupted
-from imgexp.train.metrics import confusion_table, per_class_table
+from imgexp.train.metrics import confusion_counts, confusion_table, per_class_table
 from imgexp.train.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
@@ -208,12 +208,12 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Sequence[str] = ()) 
             raise
         tracker.log_metrics({**result.test, "val/best_epoch": float(result.best_epoch)})
         tracker.log_artifact(trainer.best_path, "checkpoints")
-        tracker.log_text(per_class_table(result.test_logits, result.test_targets, info.class_names)
-                         .to_csv(index=False), "metrics/per_class.csv")
         from imgexp.analysis import confusion_figure, learning_curves_figure
         from imgexp.analysis.report import final_artifacts
 
-        confusion = confusion_table(result.test_logits, result.test_targets, info.class_names)
+        counts = confusion_counts(result.test_logits, result.test_targets)  # once, for both tables and the plot
+        tracker.log_text(per_class_table(counts, info.class_names).to_csv(index=False), "metrics/per_class.csv")
+        confusion = confusion_table(counts, info.class_names)
         tracker.log_text(confusion.to_csv(), "metrics/confusion_matrix.csv")
         plots: Artifacts = {
             "plots/learning_curves.png": learning_curves_figure(result.history),

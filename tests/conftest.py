@@ -49,7 +49,8 @@ def run_cli(*args: str, cwd: Path, timeout: int = 300, process: bool = False) ->
     """``python -m imgexp args...`` in ``cwd``, output captured. In this process (``imgexp.__main__.main()``
     with this argv, cwd and environment, as the console script runs it) unless ``process``: a new
     interpreter spends seconds importing torch, MLflow and scikit-learn before it reads its arguments.
-    Tests of what only a process shows (signals, exit codes of ``python -m``, concurrency) use processes."""
+    Tests of what only a process shows (signals, exit codes of ``python -m``, concurrency) use processes;
+    ``timeout`` applies to them."""
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "HYDRA_FULL_ERROR")}
     if process:
         return subprocess.run([sys.executable, "-m", "imgexp", *args], cwd=cwd, env=env, capture_output=True,

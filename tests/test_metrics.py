@@ -27,7 +27,7 @@ def test_metrics_match_scikit_learn_on_random_predictions():
     """Our counts against scikit-learn's definitions (zero_division=0), a class never predicted included."""
     from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support, top_k_accuracy_score
 
-    from imgexp.train.metrics import confusion_table, per_class_table
+    from imgexp.train.metrics import confusion_counts, confusion_table, per_class_table
 
     gen = torch.Generator().manual_seed(0)
     logits, targets = torch.randn(300, 6, generator=gen), torch.randint(0, 6, (300,), generator=gen)
@@ -37,9 +37,10 @@ def test_metrics_match_scikit_learn_on_random_predictions():
     assert m["val/acc"] == pytest.approx((pred == y).mean())
     assert m["val/f1_macro"] == pytest.approx(f1_score(y, pred, labels=labels, average="macro", zero_division=0))
     assert m["val/top3"] == pytest.approx(top_k_accuracy_score(y, logits.numpy(), k=3, labels=labels))
-    table = per_class_table(logits, targets, [str(c) for c in labels])
+    counts = confusion_counts(logits, targets)
+    table = per_class_table(counts, [str(c) for c in labels])
     expected = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
     for column, values in zip(("precision", "recall", "f1", "support"), expected):
         assert table[column].tolist() == pytest.approx(list(values))
-    assert (confusion_table(logits, targets, [str(c) for c in labels]).to_numpy()
+    assert (confusion_table(counts, [str(c) for c in labels]).to_numpy()
             == confusion_matrix(y, pred, labels=labels)).all()

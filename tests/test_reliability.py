@@ -224,7 +224,8 @@ def test_tracking_server_away_during_the_run_loses_nothing(workdir, monkeypatch)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # a refused call fails at once, not after backoff
     server = Server(workdir)
     server.start()
-    (workdir / "a").mkdir(), (workdir / "b").mkdir()
+    for name in ("a", "b"):
+        (workdir / name).mkdir()
     try:
         a, b = ((workdir / name, start(["epochs=6", "batch=16", *FAST, f"tracking.uri={server.uri}",
                                         f"tracking.experiment={name}", *extra], workdir / name))

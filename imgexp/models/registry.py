@@ -56,7 +56,8 @@ def register_model(fn: Optional[Callable[..., nn.Module]] = None, *, name: Optio
     def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         key = name or fn.__name__
         if key in MODELS:
-            log.warning("model %r registered again: %s replaces %s", key, describe(fn), describe(MODELS[key]))
+            log.warning("model %r registered again: %s replaces %s", key, qualified_name(fn),
+                        qualified_name(MODELS[key]))
         MODELS[key], HEADS[key], SCHEMAS[key] = fn, tuple(head), model_schema(fn, key, checks)
         ConfigStore.instance().store(group="schema/model", name=key, node=SCHEMAS[key])
         return fn
@@ -64,7 +65,7 @@ def register_model(fn: Optional[Callable[..., nn.Module]] = None, *, name: Optio
     return add if fn is None else add(fn)
 
 
-def describe(fn: Callable) -> str:
+def qualified_name(fn: Callable) -> str:
     fn = getattr(fn, "func", fn)  # a functools.partial: the function it calls
     return f"{fn.__module__}.{fn.__qualname__}"
 

@@ -38,13 +38,12 @@ def classification_metrics(
     return out
 
 
-def per_class_table(logits: torch.Tensor, targets: torch.Tensor, class_names: list[str]) -> pd.DataFrame:
-    """Precision, recall, F1 and support per class (one row each)."""
-    p, r, f, n = per_class(confusion_counts(logits, targets))
+def per_class_table(cm: np.ndarray, class_names: list[str]) -> pd.DataFrame:
+    """Precision, recall, F1 and support per class (one row each) from :func:`confusion_counts`."""
+    p, r, f, n = per_class(cm)
     return pd.DataFrame({"class": class_names, "precision": p, "recall": r, "f1": f, "support": n})
 
 
-def confusion_table(logits: torch.Tensor, targets: torch.Tensor, class_names: list[str]) -> pd.DataFrame:
-    """Counts: rows are true classes, columns predicted ones."""
-    return pd.DataFrame(confusion_counts(logits, targets), index=pd.Index(class_names, name="true"),
-                        columns=class_names)
+def confusion_table(cm: np.ndarray, class_names: list[str]) -> pd.DataFrame:
+    """:func:`confusion_counts` labelled: rows are true classes, columns predicted ones."""
+    return pd.DataFrame(cm, index=pd.Index(class_names, name="true"), columns=class_names)
