@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from imgexp import redact
 from imgexp.register import register
 from imgexp.errors import one_line, run_app
 
@@ -24,6 +26,9 @@ def app(cfg: DictConfig) -> float:
     from imgexp.run import run  # heavy imports only once Hydra has accepted the command line
 
     hc = HydraConfig.get()
+    redact.install()  # Hydra has just configured this job's logging, and written its .hydra/ files:
+    if hc.output_subdir is not None:  # no URI password in either
+        redact.mask_files(Path(hc.runtime.output_dir) / hc.output_subdir)
     try:
         return run(cfg, hc.runtime.output_dir, hc.overrides.task)
     except KeyboardInterrupt as err:

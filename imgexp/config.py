@@ -9,6 +9,7 @@ while composing, and :func:`validate` checks value ranges (``batch=0``) through 
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass, field, fields
@@ -105,17 +106,37 @@ class Config:
 UNHASHED_KEYS = ("tracking", "progress", "resume", "reuse", "trial", "data.num_workers", "data.cache_dir")
 
 
-def config_hash(cfg: DictConfig) -> str:
-    """A short hash of the resolved config, leaving out :data:`UNHASHED_KEYS`: two runs with the same
-    hash train the same thing (``resume=auto`` finds an interrupted run by it)."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+def hashed_part(cfg: DictConfig | dict) -> dict:
+    """The resolved config as plain containers, less :data:`UNHASHED_KEYS`: what decides a run's result."""
+    resolved = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else copy.deepcopy(cfg)
     for key in UNHASHED_KEYS:
         *path, last = key.split(".")
         node = resolved
         for part in path:
             node = node.get(part, {})
         node.pop(last, None)
-    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return resolved
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """A short hash of :func:`hashed_part`: two runs with the same hash train the same thing (``resume=auto``
+    finds an interrupted run by it)."""
+    return hashlib.sha256(json.dumps(hashed_part(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested containers as ``{"optimizer.lr": 0.001, ...}``."""
+    if not isinstance(node, dict):
+        return {prefix[:-1]: node}
+    return {k: v for key, value in node.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
+
+
+def differences(recorded: dict, cfg: DictConfig) -> list[str]:
+    """The keys that decide a run's result and differ between a run's ``recorded`` config (plain
+    containers) and ``cfg``, as ``key: recorded -> now``."""
+    old, new = flatten(hashed_part(recorded)), flatten(hashed_part(cfg))
+    return [f"{k}: {old.get(k, '(none)')} -> {new.get(k, '(none)')}" for k in sorted(old.keys() | new.keys())
+            if old.get(k, "(none)") != new.get(k, "(none)")]
 
 
 def unknown_keys(node: DictConfig, schema: type, prefix: str) -> None:

@@ -7,6 +7,8 @@ import sys
 import threading
 from typing import Callable
 
+from imgexp.redact import mask
+
 
 def describe(err: BaseException) -> str:
     """First line of the error plus, for config errors, the first line of their OmegaConf cause."""
@@ -18,7 +20,7 @@ def describe(err: BaseException) -> str:
     options = getattr(err, "options", None)  # Hydra's MissingConfigException lists a group's options
     if options:
         parts.append(f"(available: {', '.join(options)})")
-    return " ".join(parts)
+    return mask(" ".join(parts))  # printed, logged and stored in MLflow: no URI password
 
 
 def one_line(err: BaseException) -> str:
@@ -27,13 +29,16 @@ def one_line(err: BaseException) -> str:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM outside training (while loading data, drawing plots): the run ends KILLED, exit 143."""
+    """SIGTERM or SIGHUP outside training (while loading data, drawing plots): the run ends KILLED, exit
+    128 + the signal (143, 129)."""
 
-    exit_code = 128 + signal.SIGTERM
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.exit_code = 128 + signum
 
 
 def raise_terminated(signum: int, frame) -> None:
-    raise Terminated("stopped by SIGTERM")
+    raise Terminated(signum)
 
 
 def run_app(app: Callable[[], object]) -> None:
@@ -41,7 +46,8 @@ def run_app(app: Callable[[], object]) -> None:
     traceback), and an interruption one line and exit 128 + signal (130 for Ctrl-C). Hydra is told to
     raise composition errors to us instead of printing them."""
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, raise_terminated)  # the trainer handles it gracefully while it trains
+        for signum in (signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed; the trainer handles
+            signal.signal(signum, raise_terminated)  # both gracefully while it trains
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         app()
         return

@@ -9,7 +9,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -17,11 +17,11 @@ from omegaconf import DictConfig, OmegaConf
 from imgexp import data as data_lib
 from imgexp import losses
 from imgexp.data.split import stratified_subset
-from imgexp.checkpoint import load
-from imgexp.config import ConfigError, as_list, config_hash, reuse_mode, validate
-from imgexp.errors import describe
+from imgexp.checkpoint import temp_files
+from imgexp.config import ConfigError, as_list, config_hash, flatten, reuse_mode, validate
 from imgexp.models import create_model
 from imgexp.optim import build_optimizer, build_scheduler
+from imgexp.redact import mask_container
 from imgexp.runtime import configure_torch, resolve_device, seed_everything
 from imgexp.tracking import resume, reuse, start_run
 from imgexp.tracking.mlflow import CHECKPOINT_DIR_TAG, CONFIG_HASH_TAG
@@ -39,17 +39,8 @@ if TYPE_CHECKING:  # the plotting modules are imported after training: matplotli
 
 def flat_params(cfg: DictConfig) -> dict[str, object]:
     """The resolved config as ``{"optimizer.lr": 0.001, ...}`` for MLflow params (``_partial_`` left out)."""
-    out: dict[str, object] = {}
-
-    def walk(node: object, prefix: str) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, f"{prefix}{k}.")
-        elif not prefix.endswith("._partial_."):
-            out[prefix[:-1]] = node
-
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
-    return out
+    return {k: v for k, v in flatten(OmegaConf.to_container(cfg, resolve=True)).items()
+            if not k.endswith("._partial_")}
 
 
 def summary_table(metrics: dict[str, float]) -> str:
@@ -115,20 +106,32 @@ def resume_hint(err: TrainingInterrupted, overrides: Sequence[str], target: str)
 
 def run(cfg: DictConfig, output_dir: str | Path, overrides: Sequence[str] = ()) -> float | list[float]:
     """Train one model as ``cfg`` says, log it, and return ``cfg.optimized_metric`` (a list of values
-    when it names several metrics). A bad config value stops it before the tracking store is opened;
-    everything from building the data on happens inside the MLflow run, so a failing job leaves a FAILED
-    run with its error. ``cfg.resume`` continues an earlier run instead."""
-    validate(cfg)  # before the tracking store is opened: a typo costs a second
+    when it names several metrics). A bad config value stops it before the tracking store is opened (a
+    sweep's job records it as a FAILED child); everything from building the data on happens inside the
+    MLflow run, so a failing job leaves a FAILED run with its error. ``cfg.resume`` continues an earlier
+    run instead, with exactly the config that run was started with."""
     output_dir = Path(output_dir).resolve()
     asked = [o for o in overrides if not o.startswith(SWEEPER_KEYS)]
-    digest = config_hash(cfg)
-    tags = {"imgexp.overrides": " ".join(asked), "imgexp.model": cfg.model.name, "imgexp.data": cfg.data.name,
-            CONFIG_HASH_TAG: digest}
+    run_name = cfg.tracking.run_name or cfg.tracking.job_name or f"{cfg.model.name}-{cfg.data.name}"
+    tags = {"imgexp.overrides": " ".join(asked), "imgexp.model": cfg.model.name, "imgexp.data": cfg.data.name}
     if cfg.trial.number is not None:
         tags["imgexp.trial"] = str(cfg.trial.number)
-    run_name = cfg.tracking.run_name or cfg.tracking.job_name or f"{cfg.model.name}-{cfg.data.name}"
+
+    def open_run(params: dict[str, object], tags: dict[str, str], run_id: Optional[str] = None):
+        return start_run(cfg.tracking.enabled, cfg.tracking.uri, cfg.tracking.experiment, run_name, params, tags,
+                         cfg.tracking.parent_run_id, run_id, output_dir / "mlflow_spool", cfg.tracking.offline_wait_s)
+
+    try:
+        validate(cfg)  # before the tracking store is opened: a typo costs a second
+    except ConfigError:
+        if cfg.tracking.enabled and cfg.tracking.parent_run_id:  # a sweep records its failed jobs
+            with open_run({}, tags):
+                raise
+        raise
+    digest = config_hash(cfg)
+    tags[CONFIG_HASH_TAG] = digest
     metrics = as_list(cfg.optimized_metric)
-    wanted, statuses = cfg.resume, resume.RESUMABLE_STATUSES
+    wanted = cfg.resume
     if wanted is None and int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0 and cfg.tracking.enabled:
         log.info("a requeued SLURM job: resume=auto")
         wanted = "auto"
@@ -137,43 +140,39 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Sequence[str] = ()) 
         if reused is not None:
             values = [reused.data.metrics[m] for m in metrics]
             return values[0] if isinstance(cfg.optimized_metric, str) else values
-        wanted, statuses = "auto", ("KILLED",)  # a sweep job continues an interrupted run of its config
+        wanted = "auto"  # a sweep job continues an interrupted run of its config
     staged = output_dir / "checkpoints" / "resumed"  # until the run id names the run's own folder
-    point = resume.find(wanted, digest, cfg.tracking, staged, statuses) if wanted else None
-    state = None
-    if point is not None:
-        try:
-            state = load(staged / "last.pt")
-        except Exception as err:  # noqa: BLE001 - whatever torch.load raises, the file is no checkpoint
-            raise ConfigError("resume", f"{point.source} holds no training state: {describe(err)}") from None
-        if state.get("extra", {}).get("config_hash") not in (None, digest):
-            log.warning("resuming %s with a config that differs from its own", point.source)
-    run_id = (point.run_id or resume.existing_run(state["extra"].get("run_id"), cfg.tracking)) if state else None
-    with start_run(cfg.tracking.enabled, cfg.tracking.uri, cfg.tracking.experiment, run_name,
-                   flat_params(cfg), tags, cfg.tracking.parent_run_id, run_id, output_dir / "mlflow_spool",
-                   cfg.tracking.offline_wait_s) as tracker:
+    resumed = resume.prepare(wanted, cfg, digest, staged) if wanted else None
+    if resumed is not None:  # the run keeps the config hash and overrides it was started with
+        tags = {k: v for k, v in tags.items() if k not in (CONFIG_HASH_TAG, "imgexp.overrides")}
+    with open_run(flat_params(cfg), tags, resumed.run_id if resumed else None) as tracker:
         # every run's checkpoints in a folder of its own, named by its MLflow run id
         checkpoint_dir = output_dir / "checkpoints" / (tracker.run_id or f"local-{uuid.uuid4().hex[:12]}")
-        if point is not None:  # a requeued SLURM job finds its run's folder there already: merge into it
+        for leftover in temp_files(checkpoint_dir, "*.pt"):  # a requeued job's own folder: a kill mid-write
+            leftover.unlink()
+        if resumed is not None:  # a requeued SLURM job finds its run's folder there already: merge into it
             checkpoint_dir.mkdir(parents=True, exist_ok=True)
             for f in staged.iterdir():
                 f.replace(checkpoint_dir / f.name)
             staged.rmdir()
         tracker.set_tags({CHECKPOINT_DIR_TAG: str(checkpoint_dir)})
+        resume.discard_origin(resumed and resumed.point, checkpoint_dir)
         job = build(cfg, checkpoint_dir)
         data, trainer = job.data, job.trainer
         model, info = trainer.model, job.data.info
-        if state is not None:
-            trainer.load_state_dict(state)
-            log.info("resuming %s after epoch %d of %d%s", point.source, trainer.epoch, cfg.epochs,
+        if resumed is not None:
+            trainer.load_state_dict(resumed.state)
+            log.info("resuming %s after epoch %d of %d%s", resumed.point.source, trainer.epoch, cfg.epochs,
                      f" and {trainer.partial['seen']} images of the next" if trainer.partial else "")
-        trainer.extra = {"run_id": tracker.run_id, "config_hash": digest}
+        trainer.extra = {"run_id": tracker.run_id, "config_hash": digest,
+                         "config": mask_container(OmegaConf.to_container(cfg, resolve=True))}  # no password
         n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         log.info("%s on %s (%dx%dx%d, %d classes): %d trainable parameters, device %s, %s", cfg.model.name,
                  cfg.data.name, info.channels, info.height, info.width, info.num_classes, n_params,
                  trainer.device, cfg.trainer.precision)
-        tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-        tracker.log_metrics({"model/params": float(n_params)})
+        if resumed is None:  # a resumed run keeps the config it was started with
+            tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+            tracker.log_metrics({"model/params": float(n_params)})
         analysis = cfg.analysis
         sample = analysis_sample(data.test, analysis.points, cfg.seed) if analysis.tsne or analysis.cam else None
         report_to_trial = join_trial(cfg.trial, metrics[0], checkpoint_dir)

@@ -239,12 +239,15 @@ def test_tracking_server_away_during_the_run_loses_nothing(workdir, monkeypatch)
         command = line.split("send them with: ")[1].split()
         time.sleep(4)
         server.start()
-        _, err = a[1].communicate(timeout=300)
+        out, err = a[1].communicate(timeout=300)
         assert a[1].returncode == 0, err[-2000:]
         check_complete(MlflowClient(server.uri), "a")
+        assert (out + err).count("unreachable (") == 1  # one line for the outage
+        assert not list(a[0].glob("outputs/*/*/mlflow_spool")), "the spool goes once everything is sent"
         sent = subprocess.run([sys.executable, *command[1:]], capture_output=True, text=True, env=env(), timeout=120)
         assert sent.returncode == 0, sent.stderr[-2000:]
         check_complete(MlflowClient(server.uri), "b")
+        assert not list(b[0].glob("outputs/*/*/mlflow_spool"))
     finally:
         server.stop()
 

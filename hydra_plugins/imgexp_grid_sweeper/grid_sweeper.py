@@ -15,10 +15,11 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn
-from omegaconf import OmegaConf
 
+from imgexp import redact
 from imgexp.tracking.mlflow import ERROR_TAG
-from imgexp.tracking.sweep import ParentRun, failure, finish, hide_internal_overrides, job_error, job_name
+from imgexp.tracking.sweep import (ParentRun, check_composes, failure, finish, hide_internal_overrides, job_error,
+                                  job_name)
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +45,18 @@ def job_names(jobs: list[list[str]], model: str) -> dict[tuple, list[str]]:
 class GridSweeper(BasicSweeper):
     def sweep(self, arguments: List[str]) -> Any:
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
+        redact.install()  # Hydra has configured the sweep's logging: no URI password in it
         sweep_dir = Path(self.config.hydra.sweep.dir)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         self.overrides = self.split_arguments(parser.parse_overrides(self._parse_config() + list(arguments)),
                                               self.max_batch_size)
+        jobs = [job for batch in self.overrides for job in batch]
+        check_composes(self.hydra_context, self.config, list(jobs[0]), [o for job in jobs[1:] for o in job])
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        redact.save_yaml(self.config, sweep_dir / "multirun.yaml")
         parent = ParentRun(self.config.tracking, str(sweep_dir), "grid", arguments)
         hide_internal_overrides()
-        names = job_names([job for batch in self.overrides for job in batch], self.config.model.name)
+        names = job_names(jobs, self.config.model.name)
         returns: List[JobReturn] = []
         try:
             while not self.is_done():

@@ -36,14 +36,19 @@ from optuna.trial import TrialState
 from hydra_plugins.imgexp_optuna_sweeper.config import OptunaSweeperConf
 from hydra_plugins.imgexp_optuna_sweeper.search_space import as_override, grid, quote, split
 from hydra_plugins.imgexp_optuna_sweeper.study_lock import StudyLock
+from imgexp.config import as_list
 from imgexp.errors import describe
-from imgexp.tracking.mlflow import ERROR_TAG
-from imgexp.tracking.sweep import ParentRun, failure, finish, hide_internal_overrides, job_error, job_name
+from imgexp import redact
+from imgexp.tracking.mlflow import ERROR_TAG, check_database
+from imgexp.tracking.sweep import (ParentRun, check_composes, failure, finish, hide_internal_overrides, job_error,
+                                  job_name)
 from imgexp.tracking.pruning import PRUNERS, build_pruner
 from imgexp.tracking.trial import CHECKPOINT_ATTR, PRUNER_ATTR
 
 log = logging.getLogger(__name__)
 RETRY_ATTR = "imgexp.retry_of"  # on a trial re-running an interrupted one
+ATTEMPT_ATTR = "imgexp.attempt"  # 2 for the first retry of a trial's parameters, 3 for the next...
+MAX_ATTEMPTS = 3  # an interrupted trial's parameters are tried this often in all, then counted failed
 PARENT_ATTR = "imgexp.parent_run_id"  # study user attr
 
 
@@ -64,10 +69,15 @@ def interrupted(trial: optuna.trial.FrozenTrial) -> bool:
     return trial.state == TrialState.FAIL and ERROR_TAG not in trial.user_attrs
 
 
+def given_up(trial: optuna.trial.FrozenTrial) -> bool:
+    """Interrupted on its last allowed attempt (:data:`MAX_ATTEMPTS`): not run again, counted failed."""
+    return interrupted(trial) and trial.user_attrs.get(ATTEMPT_ATTR, 1) >= MAX_ATTEMPTS
+
+
 def not_yet_retried(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
-    """The interrupted trials that no trial re-runs yet."""
+    """The interrupted trials that no trial re-runs yet, and that may be tried again."""
     retried = {t.user_attrs.get(RETRY_ATTR) for t in trials}
-    return [t for t in trials if interrupted(t) and t.number not in retried]
+    return [t for t in trials if interrupted(t) and not given_up(t) and t.number not in retried]
 
 
 def outcome(ret: JobReturn) -> tuple[TrialState, list[float], Optional[BaseException]]:
@@ -110,6 +120,11 @@ class StudySweeper(Sweeper):
         for ok, key, reason in checks:
             if not ok:
                 raise ValueError(f"hydra.sweeper.{key}: {reason}")
+        metrics = as_list(self.config.optimized_metric)
+        if len(metrics) != len(directions):
+            raise ValueError(f"hydra.sweeper.direction: {len(directions)} directions {directions} but optimized_metric "
+                             f"names {len(metrics)} metrics {metrics}: give one direction per metric, e.g. "
+                             f"optimized_metric=[val/acc_best,val/loss]")
         return directions
 
     def _sampler(self, space: dict) -> optuna.samplers.BaseSampler:
@@ -126,6 +141,7 @@ class StudySweeper(Sweeper):
     # ------------------------------------------------------------------ the sweep
     def sweep(self, arguments: List[str]) -> Any:
         c = self.cfg
+        redact.install()  # Hydra has configured the sweep's logging: no URI password in it
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # fail_stale_trials
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
@@ -133,6 +149,10 @@ class StudySweeper(Sweeper):
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         space, fixed = split(parser.parse_overrides(params))
         directions = self._check(space)
+        choices = {k: [as_override(k, c) for c in d.choices] for k, d in space.items()
+                   if isinstance(d, optuna.distributions.CategoricalDistribution)}
+        check_composes(self.hydra_context, self.config, fixed + [c[0] for c in choices.values()],
+                       [c for values in choices.values() for c in values])
         name = c.study_name or "imgexp-" + hashlib.sha1("\n".join(sorted(params)).encode()).hexdigest()[:8]
         url = c.storage or f"sqlite:///{Path.cwd() / 'optuna' / name}.db"
         if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
@@ -142,6 +162,7 @@ class StudySweeper(Sweeper):
         n_trials = c.n_trials
         if c.sampler == "grid":
             n_trials = min(n_trials, math.prod(len(v) for v in grid(space).values()))
+        check_database(url, "hydra.sweeper.storage")  # an unreachable database: one line within seconds
         lock = StudyLock(url, name)
         with lock.held():  # workers starting together: one creates the tables, the study and the parent run
             storage = optuna.storages.RDBStorage(
@@ -158,18 +179,14 @@ class StudySweeper(Sweeper):
             parent = ParentRun(self.config.tracking, name, "optuna", arguments, study.user_attrs.get(PARENT_ATTR))
             if parent.run_id and PARENT_ATTR not in study.user_attrs:
                 study.set_user_attr(PARENT_ATTR, parent.run_id)
-        safe_url = url
-        if not url.startswith("sqlite"):
-            from sqlalchemy.engine import make_url
-
-            safe_url = make_url(url).render_as_string(hide_password=True)
+        safe_url = redact.mask(url)
         log.info("study %s in %s: %d trials in all, %d done; sweep dir %s", name, safe_url, n_trials,
                  len(study.trials), sweep_dir)
         if parent.run_id:
             parent.client.set_tag(parent.run_id, "imgexp.study", name)
             parent.client.set_tag(parent.run_id, "imgexp.storage", safe_url)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        redact.save_yaml(self.config, sweep_dir / "multirun.yaml")
         job_overrides = fixed + parent.child_override() + [f"trial.storage={quote(url)}", f"trial.study={quote(name)}"]
         hide_internal_overrides()
         run = _Run(self, study, storage, lock, parent, space, job_overrides, n_trials)
@@ -214,6 +231,7 @@ class _Run:
         self.in_flight: dict[Future, optuna.Trial] = {}
         self.returns: List[JobReturn] = []
         self.failed: list[dict] = []
+        self.given_up: set[int] = set()  # trials interrupted MAX_ATTEMPTS times, already in ``failed``
         self.done = {"complete": 0, "pruned": 0, "failed": 0}
         self.beat = threading.Event()
 
@@ -221,14 +239,20 @@ class _Run:
         """Next trial of the study: a retry of an interrupted one first; None once n_trials are taken."""
         with self.lock.held():
             optuna.storages.fail_stale_trials(self.study)
+            for t in self.study.get_trials(deepcopy=False):
+                if given_up(t) and t.number not in self.given_up:
+                    self.given_up.add(t.number)
+                    self.failed.append({"job": t.number, "trial": t.number, "overrides": [], "error": (
+                        f"interrupted {MAX_ATTEMPTS} times with {t.params}: not run again")})
             for t in not_yet_retried(self.study.get_trials(deepcopy=False)):
                 log.info("trial %d was interrupted: running it again", t.number)
                 resume = {CHECKPOINT_ATTR: t.user_attrs[CHECKPOINT_ATTR]} if CHECKPOINT_ATTR in t.user_attrs else {}
-                self.study.enqueue_trial(t.params, user_attrs={RETRY_ATTR: t.number, **resume})
+                attempt = t.user_attrs.get(ATTEMPT_ATTR, 1) + 1
+                self.study.enqueue_trial(t.params, user_attrs={RETRY_ATTR: t.number, ATTEMPT_ATTR: attempt, **resume})
                 self.parent.end_lost_runs(t.number)
             trials = self.study.get_trials(deepcopy=False)
             waiting = any(t.state == TrialState.WAITING for t in trials)
-            if sum(not interrupted(t) for t in trials) >= self.n_trials and not waiting:
+            if sum(not interrupted(t) or given_up(t) for t in trials) >= self.n_trials and not waiting:
                 return None
             trial = self.study.ask(self.space)
             self.storage.record_heartbeat(trial._trial_id)
@@ -246,6 +270,9 @@ class _Run:
     def record(self, trial: optuna.Trial, ret: JobReturn) -> None:
         self.returns.append(ret)
         state, values, error = outcome(ret)
+        if state == TrialState.COMPLETE and len(values) != len(self.study.directions):
+            state, error = TrialState.FAIL, ValueError(f"the job returned {len(values)} values for "
+                                                       f"{len(self.study.directions)} directions")
         if state == TrialState.COMPLETE:
             self.study.tell(trial, values)
             self.done["complete"] += 1
@@ -320,7 +347,7 @@ class _Run:
     def counts(self) -> dict[str, int]:
         """The study's trials by outcome; ``trials`` counts all but the interrupted (re-run) ones."""
         trials = self.study.get_trials(deepcopy=False)
-        lost = sum(interrupted(t) for t in trials)
+        lost = sum(interrupted(t) and not given_up(t) for t in trials)
         return {"trials": len(trials) - lost, "complete": sum(t.state == TrialState.COMPLETE for t in trials),
                 "pruned": sum(t.state == TrialState.PRUNED for t in trials),
                 "failed": sum(t.state == TrialState.FAIL for t in trials) - lost, "interrupted": lost,

@@ -18,6 +18,7 @@ from imgexp.analysis.pyplot import plt
 from imgexp.compare.stats import mean_ci
 from imgexp.compare.select import Selection
 from imgexp.compare.table import Table
+from imgexp.redact import mask
 from imgexp.tracking.reuse import REUSED_FROM_TAG
 
 CURVES = ("train/acc", "val/acc", "train/loss", "val/loss")
@@ -109,7 +110,7 @@ def thumbnails(sel: Selection, run_id: str, limit: int, size: tuple[int, int] = 
 
 def run_url(sel: Selection, ui_url: str | None, run: pd.Series) -> str:
     base = ui_url or (sel.uri if sel.uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000")
-    return f"{base.rstrip('/')}/#/experiments/{run.experiment_id}/runs/{run.run_id}"
+    return mask(f"{base.rstrip('/')}/#/experiments/{run.experiment_id}/runs/{run.run_id}")  # no URI password
 
 
 STYLE = """

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from imgexp.config import ConfigError
 from imgexp.data import digits, folders, synthetic, torchvision_sets  # noqa: F401  (register the sources)
 from imgexp.data.augment import build_augment
 from imgexp.data.decode import decode_cached, decode_files, majority_geometry
@@ -93,6 +94,25 @@ def drop_empty_classes(parts: tuple[Images, ...], names: list[str]) -> tuple[tup
     return kept, [n for n, ok in zip(names, present.tolist()) if ok]
 
 
+def require_two_classes(train: Samples, names: list[str], cfg) -> None:
+    """One clear error, before any training, for data with a single class (a classifier would learn
+    nothing, and report accuracy 1.0)."""
+    present = [names[k] for k in torch.unique(train.y).tolist()]
+    if len(present) < 2:
+        raise ConfigError("data", f"a classifier needs at least two classes, {cfg.root or f'data={cfg.name}'} "
+                          f"has one: {', '.join(present)}")
+
+
+def log_test_coverage(test: Samples, names: list[str]) -> None:
+    """Say which classes test/f1_macro averages over when some have no test images (their F1 is undefined,
+    not 0: see :func:`imgexp.train.metrics.classification_metrics`)."""
+    counts = torch.bincount(test.y, minlength=len(names)).tolist()
+    absent = [name for name, n in zip(names, counts) if n == 0]
+    if absent:
+        log.info("test/f1_macro covers %d of %d classes (no test images: %s)", len(names) - len(absent),
+                 len(names), ", ".join(absent))
+
+
 def convert(images: Images, size: tuple[int, int], channels: int) -> Images:
     """Resize (bilinear, antialiased) and convert channels of in-memory images, once."""
     x = images.x
@@ -124,9 +144,11 @@ def build(data_cfg, aug_cfg, norm_cfg, batch: int, seed: int, device: torch.devi
         if bad:
             log.warning("skipped %d unreadable image files of %d", bad, files)
         if odd:
-            log.info("converted %d of %d images to %dx%dx%d (their size or channels differed)", odd, files,
+            log.info("converted %d of %d images to %dx%dx%d (their size or mode differed)", odd, files,
                      channels, *size)
         parts, class_names = drop_empty_classes(parts, class_names)
+    require_two_classes(parts[0], class_names, data_cfg)
+    log_test_coverage(parts[2], class_names)
     train = parts[0]
     if isinstance(train, Files):
         sample = stratified_subset(labels(train), min(STATS_SAMPLE, len(train.y)), seed)

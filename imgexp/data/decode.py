@@ -15,7 +15,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from imgexp.data.sources import Files, Images
-from imgexp.checkpoint import load, save_atomic
+from imgexp.checkpoint import DiskFull, load, save_atomic
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = "1"
@@ -23,11 +23,12 @@ CACHE_VERSION = "1"
 
 def read_image(path: str, size: tuple[int, int], channels: int) -> tuple[Optional[torch.Tensor], bool]:
     """uint8 (C, H, W) at ``size`` (H, W), or None when the file cannot be decoded; and whether the file
-    had another size or channel count (and was converted)."""
+    had another size or mode (and was converted: alpha dropped, palette and CMYK to RGB, 16-bit scaled)."""
+    target = "L" if channels == 1 else "RGB"
     try:
         with Image.open(path) as im:
-            converted = im.size != (size[1], size[0]) or image_channels(im.mode) != channels
-            im = im.convert("L" if channels == 1 else "RGB")
+            converted = im.size != (size[1], size[0]) or im.mode != target
+            im = to_8bit(im).convert(target)
             if im.size != (size[1], size[0]):
                 im = im.resize((size[1], size[0]), Image.BILINEAR)
             arr = np.asarray(im)
@@ -38,7 +39,25 @@ def read_image(path: str, size: tuple[int, int], channels: int) -> tuple[Optiona
 
 
 def image_channels(mode: str) -> int:
-    return 1 if mode in ("1", "L", "I", "I;16", "F") else 3
+    """1 for the grey modes (``L``, ``LA``, ``I;16``, ``F``, ...), 3 for the colour ones (palette included)."""
+    return 1 if Image.getmodebase(mode) == "L" else 3
+
+
+def to_8bit(im: Image.Image) -> Image.Image:
+    """Grey of more than 8 bits as ``L``, scaled to 0..255 (PIL's ``convert("L")`` clips it at 255 instead);
+    other images as they are. See :func:`full_scale`."""
+    if im.mode not in ("I", "F") and not im.mode.startswith("I;16"):
+        return im
+    values = np.asarray(im, dtype=np.float64)
+    top = 65535.0 if im.mode.startswith("I;16") else full_scale(values, im.mode == "F")
+    return Image.fromarray(np.rint(np.clip(values, 0, top) * (255 / top)).astype(np.uint8))
+
+
+def full_scale(values: np.ndarray, floats: bool) -> float:
+    """White for a 32-bit (``I``) or float (``F``) image, which has no fixed range: the smallest of 1.0
+    (floats), 255 and 65535 that holds its values, else its own maximum."""
+    peak = float(values.max(initial=0))
+    return next((top for top in (1.0,) * floats + (255.0, 65535.0) if peak <= top), peak)
 
 
 PROBES = 200  # files whose headers decide a folder's image size and channels
@@ -123,12 +142,32 @@ def decode_cached(
     files: Files, size: tuple[int, int], channels: int, num_workers: int, cache_dir: Optional[str]
 ) -> tuple[Images, int, int]:
     """Decode once, then reuse: the tensors (and the counts :func:`decode_files` returns) are saved under
-    the cache dir keyed by :func:`cache_key`."""
+    the cache dir keyed by :func:`cache_key`; a damaged cache file is decoded again and replaced."""
     path = Path(cache_dir or default_cache_dir()) / f"{cache_key(files, size, channels)}.pt"
-    if path.exists():
-        saved = load(path)
-        return Images(saved["x"], saved["y"]), saved.get("skipped", 0), saved.get("converted", 0)
+    cached = read_cache(path) if path.exists() else None
+    if cached is not None:
+        return cached
     images, bad, odd = decode_files(files, size, channels, num_workers)
-    save_atomic({"x": images.x, "y": images.y, "skipped": bad, "converted": odd}, path)
+    try:
+        save_atomic({"x": images.x, "y": images.y, "skipped": bad, "converted": odd}, path)
+    except DiskFull as err:
+        log.warning("decode cache not written, going on without it: %s", err)
+        return images, bad, odd
     log.info("decoded %d images (%dx%dx%d) into the cache %s", len(images.y), channels, *size, path)
     return images, bad, odd
+
+
+def read_cache(path: Path) -> Optional[tuple[Images, int, int]]:
+    """What :func:`decode_cached` saved at ``path``; None, with a warning naming it, when it is damaged."""
+    try:
+        saved = load(path)
+        return Images(saved["x"], saved["y"]), saved.get("skipped", 0), saved.get("converted", 0)
+    except Exception as err:  # noqa: BLE001 - whatever torch.load or the lookups raise, the file is no cache
+        log.warning("decode cache %s is damaged (%s): decoding again", path, first_sentence(err))
+        return None
+
+
+def first_sentence(err: BaseException) -> str:
+    """``Type: first sentence`` of an error (torch's load errors run to a paragraph)."""
+    lines = str(err).strip().split(". ")[0].splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__

@@ -7,7 +7,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 
@@ -37,46 +37,53 @@ def nonempty_file(entry: os.DirEntry) -> bool:
 
 
 def image_files(folder: Path) -> list[Path]:
-    """Image files directly in ``folder``, sorted; empty files and broken links left out (and counted)."""
+    """Image files directly in ``folder``, sorted; hidden files (``.name``, such as the ``._name.jpg``
+    files macOS leaves beside each image) left out, and empty files and broken links (counted)."""
     with os.scandir(folder) as entries:
-        files = [e for e in entries if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES]
+        files = [e for e in entries
+                 if not e.name.startswith(".") and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES]
     readable = sorted(Path(e.path) for e in files if nonempty_file(e))
     if len(readable) < len(files):
         log.warning("skipped %d empty image files or broken links in %s", len(files) - len(readable), folder)
     return readable
 
 
-def class_dirs(folder: Path) -> list[str]:
-    """Class folders of ``folder``: real directories holding image files. Links to directories and folders
-    without images are left out, with one warning naming them, so they never become extra classes."""
-    names, links, empty = [], [], []
+def class_files(folder: Path) -> dict[str, list[Path]]:
+    """Class folders of ``folder`` (real directories holding image files) and their files, each listed
+    once. Links to directories and folders without images are left out, with one warning naming them, so
+    they never become extra classes."""
+    found, links, empty = {}, [], []
     for p in sorted(folder.iterdir()):
         if p.name.startswith(".") or not p.is_dir():
             continue
         if p.is_symlink():
             links.append(p.name)
-        elif not image_files(p):
-            empty.append(p.name)
+        elif files := image_files(p):
+            found[p.name] = files
         else:
-            names.append(p.name)
+            empty.append(p.name)
     for kind, left in (("links to directories", links), ("folders without images", empty)):
         if left:
             log.warning("left out of the classes in %s, %s: %s", folder, kind, ", ".join(left))
-    return names
+    return found
 
 
-def list_classes(folder: Path, classes: Sequence[str], named: bool = False) -> Files:
-    """Files of ``folder/<class>/`` for each class, labelled by the class's position in ``classes``;
-    ``named``: the user chose the classes, and one without images is an error."""
-    paths, labels = [], []
-    for label, name in enumerate(classes):
-        found = image_files(folder / name) if (folder / name).is_dir() else []
-        if named and not found:
-            raise ConfigError("data.classes", f"{name}: no images in {folder / name}")
-        paths += [str(p) for p in found]
-        labels += [label] * len(found)
+def named_class_files(folder: Path, classes: Sequence[str], named: bool = False) -> dict[str, list[Path]]:
+    """The image files of ``folder/<class>/`` for each of ``classes`` that has a folder there; ``named``:
+    the user chose the classes, and one without images is an error."""
+    found = {name: image_files(folder / name) for name in classes if (folder / name).is_dir()}
+    empty = [name for name in classes if not found.get(name)]
+    if named and empty:
+        raise ConfigError("data.classes", f"{empty[0]}: no images in {folder / empty[0]}")
+    return found
+
+
+def labelled(found: dict[str, list[Path]], classes: Sequence[str], folder: Path) -> Files:
+    """The files of ``classes`` in ``found``, each labelled by its class's position in ``classes``."""
+    paths = [str(p) for name in classes for p in found.get(name, [])]
     if not paths:
         raise ConfigError("data.root", f"no images in {folder}/<class>/ for classes {', '.join(classes[:5])}...")
+    labels = [label for label, name in enumerate(classes) for _ in found.get(name, [])]
     return Files(paths, torch.tensor(labels, dtype=torch.long))
 
 
@@ -85,17 +92,38 @@ def split_dirs(root: Path) -> dict[str, Path]:
     return {split: root / name for split, names in SPLIT_NAMES.items() for name in names if (root / name).is_dir()}
 
 
-def class_tree(root: Path, classes: Optional[Sequence[str]] = None) -> Source:
+def differing_classes(found: dict[Path, dict[str, list[Path]]], classes: Sequence[str], train: Path) -> None:
+    """One warning when a held-out split folder (val/, test/) lacks some of the training ``classes`` (its
+    metrics cover the others) or has classes train/ lacks: those are left out with their images, as a
+    model cannot predict a class it never trained on."""
+    said = []
+    for folder, held_out in found.items():
+        lacks = [name for name in classes if not held_out.get(name)]
+        extra = {name: len(files) for name, files in held_out.items() if name not in classes}
+        if lacks:
+            said.append(f"{folder.name}/ has no images of {', '.join(lacks)}")
+        if extra:
+            counts = ", ".join(f"{name} ({n} images)" for name, n in extra.items())
+            said.append(f"{folder.name}/ has {counts}, not in {train.name}/: left out, as a model cannot "
+                        f"predict a class it never trained on")
+    if said:
+        log.warning("the split folders of %s hold different classes: %s", train.parent, "; ".join(said))
+
+
+def class_tree(root: Path) -> Source:
     """``root/<split>/<class>/*`` when ``root/train`` exists, else one tree ``root/<class>/*``."""
     splits = split_dirs(root)
-    base = splits.get("train", root)
-    names = list(classes) if classes else class_dirs(base)
-    if not names:
+    if "train" not in splits:  # one tree, split by ratios: each folder a class
+        splits = {"train": root}
+    base = splits.pop("train")
+    found = class_files(base)
+    if not found:
         raise ConfigError("data.root", f"no class folders in {base} (expected {base}/<class>/<image>)")
-    if "train" not in splits:
-        return Source(list_classes(root, names), names)
-    parts = {split: list_classes(folder, names) for split, folder in splits.items()}
-    return Source(parts["train"], names, test=parts.get("test"), val=parts.get("val"))
+    names = list(found)
+    held_out = {folder: class_files(folder) for folder in splits.values()}
+    differing_classes(held_out, names, base)
+    parts = {split: labelled(held_out[folder], names, folder) for split, folder in splits.items()}
+    return Source(labelled(found, names, base), names, test=parts.get("test"), val=parts.get("val"))
 
 
 @register_source("imagefolder")
@@ -122,12 +150,17 @@ def imagenet_subset(cfg) -> Source:
     """``root/train/<wnid>/`` and ``root/val/<wnid>/`` cut to ``classes`` or the first ``num_classes``;
     ImageNet's val split serves as the test split, and val is carved out of train."""
     root = require_root(cfg)
-    if not (root / "train").is_dir():
+    train = root / "train"
+    if not train.is_dir():
         raise ConfigError("data.root", f"{root} has no train/ folder (expected train/<wnid>/ and val/<wnid>/)")
-    names = list(cfg.classes) if cfg.classes else class_dirs(root / "train")[: cfg.num_classes]
-    missing = [n for n in names if not (root / "train" / n).is_dir()]
+    missing = [n for n in cfg.classes or () if not (train / n).is_dir()]
     if missing:
-        raise ConfigError("data.classes", f"not in {root / 'train'}: {', '.join(missing)}")
-    held_out = root / "val" if (root / "val").is_dir() else None
-    return Source(list_classes(root / "train", names, named=bool(cfg.classes)), names,
-                  test=list_classes(held_out, names) if held_out else None)
+        raise ConfigError("data.classes", f"not in {train}: {', '.join(missing)}")
+    found = named_class_files(train, cfg.classes, named=True) if cfg.classes else class_files(train)
+    names = list(cfg.classes) if cfg.classes else list(found)[: cfg.num_classes]
+    held_out = root / "val"
+    if not held_out.is_dir():
+        return Source(labelled(found, names, train), names)
+    val = named_class_files(held_out, names)
+    differing_classes({held_out: val}, names, train)
+    return Source(labelled(found, names, train), names, test=labelled(val, names, held_out))

@@ -9,7 +9,6 @@ import getpass
 import hashlib
 import logging
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from imgexp import __version__
 from imgexp.config import ConfigError
 from imgexp.errors import describe
 from imgexp.locks import sqlite_path, store_lock
+from imgexp.redact import mask
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,8 @@ class MlflowTracker(Tracker):
 
         self.client, self.run_id, self.uri = client, run_id, uri
         self.spool = Spool(spool_dir, uri, run_id)
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # a warning per retry: _do says
+        # once per outage that the server is unreachable
         self.offline = self.spool.pending() > 0
         self.last_try = 0.0
 
@@ -140,7 +142,7 @@ class MlflowTracker(Tracker):
     def log_params(self, params: dict[str, object]) -> None:
         from mlflow.entities import Param
 
-        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        self.client.log_batch(self.run_id, params=[Param(k, mask(str(v))) for k, v in params.items()])
 
     def _file(self, artifact_file: str, write: Callable[[Path], None]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -152,7 +154,7 @@ class MlflowTracker(Tracker):
         self._file(artifact_file, lambda path: figure.savefig(path))
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self._file(artifact_file, lambda path: path.write_text(text))
+        self._file(artifact_file, lambda path: path.write_text(mask(text)))
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: Optional[str] = None) -> None:
         self._do(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path),
@@ -161,6 +163,7 @@ class MlflowTracker(Tracker):
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
+        tags = {k: mask(str(v)) for k, v in tags.items()}  # no URI password in MLflow (an error, overrides)
         self._do(lambda: self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]),
                  lambda: self.spool.append({"op": "tags", "tags": {k: str(v) for k, v in tags.items()}}))
 
@@ -175,11 +178,11 @@ class MlflowTracker(Tracker):
         try:
             experiment = self.client.get_run(self.run_id).info.experiment_id
         except Exception:  # noqa: BLE001 - the server went away: say what is known
-            return f"MLflow run {self.run_id} in {self.uri}"
+            return f"MLflow run {self.run_id} in {mask(self.uri)}"
         page = f"#/experiments/{experiment}/runs/{self.run_id}?{UI_VIEW}"
         if self.uri.startswith(("http://", "https://")):
-            return f"MLflow run {self.run_id}: {self.uri.rstrip('/')}/{page}"
-        return (f"MLflow run {self.run_id}; see it with: mlflow ui --backend-store-uri {self.uri} and open "
+            return f"MLflow run {self.run_id}: {mask(self.uri).rstrip('/')}/{page}"
+        return (f"MLflow run {self.run_id}; see it with: mlflow ui --backend-store-uri {mask(self.uri)} and open "
                 f"http://127.0.0.1:5000/{page}")
 
     def end(self, status: str, wait_s: float) -> None:
@@ -188,12 +191,14 @@ class MlflowTracker(Tracker):
         self._do(lambda: self.client.set_terminated(self.run_id, status),
                  lambda: self.spool.append({"op": "end", "status": status}))
         if not self.offline:
+            self.spool.discard()
             return
         log.warning("tracking server %s unreachable: waiting up to %d s to send %d spooled operations",
                     self.uri, wait_s, self.spool.pending())
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             if self._send_spool(self.WAIT_RETRY_S):
+                self.spool.discard()
                 return
             time.sleep(min(self.WAIT_RETRY_S, max(0.0, deadline - time.monotonic())))
         log.error("tracking server %s still unreachable: %d operations of run %s are kept in %s; send them "
@@ -207,6 +212,27 @@ def tracking_uri(configured: Optional[str]) -> str:
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
     db = sqlite_path(uri)
     return f"sqlite:///{db.resolve()}" if db is not None and not uri.startswith("sqlite:////") else uri
+
+
+DATABASE_TIMEOUT_ARG = {"postgresql": "connect_timeout", "mysql": "connect_timeout", "mssql": "timeout"}
+
+
+def check_database(uri: str, key: str, timeout_s: int = 5) -> None:
+    """Connect once to a database URI (PostgreSQL, MySQL, SQL Server) within ``timeout_s``, or raise a
+    ConfigError naming ``key``: MLflow retries an unreachable database for about two minutes."""
+    backend = uri.split("://", 1)[0].split("+", 1)[0]
+    if backend not in DATABASE_TIMEOUT_ARG or "://" not in uri:
+        return
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    try:
+        engine = create_engine(uri, poolclass=NullPool, connect_args={DATABASE_TIMEOUT_ARG[backend]: timeout_s})
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as err:  # noqa: BLE001 - no driver, a bad URI, refused, timed out, wrong password
+        raise ConfigError(key, f"cannot connect to {mask(uri)}: {describe(err)[:300]}") from None
 
 
 def open_store(uri: str):
@@ -230,6 +256,7 @@ def open_store(uri: str):
         target = db.resolve() if db.exists() else db.parent.resolve()
         if not os.access(target, os.W_OK):
             raise ConfigError("tracking.uri", f"{target} is read-only: the MLflow store {uri} cannot be written")
+    check_database(uri, "tracking.uri")
     with store_lock(uri):  # one process at a time creates (or migrates) a new SQLite store
         client = MlflowClient(uri)
         client.search_experiments(max_results=1)
@@ -252,34 +279,6 @@ def experiment_id(client, name: str) -> str:
         if "mlflow.experimentKind" not in experiment.tags:
             client.set_experiment_tag(experiment.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
         return experiment.experiment_id
-
-
-def process_alive(tags: dict[str, str]) -> bool:
-    """Whether the process that ran a run (tags ``imgexp.host``, ``imgexp.pid``) still runs on this host;
-    False when it ran elsewhere, since that cannot be seen from here."""
-    if tags.get(HOST_TAG) != socket.gethostname() or not tags.get(PID_TAG, "").isdigit():
-        return False
-    try:
-        os.kill(int(tags[PID_TAG]), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def close_lost_runs(client, experiment: str) -> None:
-    """Mark KILLED the RUNNING runs of this host whose process is gone (SIGKILL, the OOM killer): nothing
-    else would ever close them. Their checkpoints stay, so ``resume=auto`` still continues them."""
-    runs = client.search_runs([experiment], f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = "
-                                            f"'{socket.gethostname()}'")
-    for run in runs:
-        if not process_alive(run.data.tags):
-            client.set_tag(run.info.run_id, STATUS_TAG, "lost")
-            client.set_tag(run.info.run_id, ERROR_TAG, f"its process ({run.data.tags[PID_TAG]} on "
-                                                       f"{run.data.tags[HOST_TAG]}) ended without closing the run")
-            client.set_terminated(run.info.run_id, "KILLED")
-            log.warning("run %s: its process is gone; marked KILLED", run.info.run_id)
 
 
 @functools.lru_cache(maxsize=None)
@@ -340,22 +339,26 @@ def start_run(
     if not enabled:
         yield Tracker()
         return
+    from imgexp.tracking.liveness import Heartbeat, claim, close_lost_runs, owner_tags
+
     uri, resumed = tracking_uri(uri), run_id is not None
     client = open_store(uri)
-    tags = {**tags, HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), **source_tags(),
+    tags = {**tags, **owner_tags(), **source_tags(),
             **parent_tags(client, parent_run_id)}  # a resumed run joins the sweep that continues it
     if run_id:  # resuming: the interruption's status and error no longer describe the run
+        claim(client, run_id)
         previous = client.get_run(run_id)
         for tag in (STATUS_TAG, ERROR_TAG):
             if tag in previous.data.tags:
                 client.delete_tag(run_id, tag)
-        client.update_run(run_id, status="RUNNING")
     else:
         exp = experiment_id(client, experiment)
         close_lost_runs(client, exp)
         tags |= {"mlflow.user": getpass.getuser(), "mlflow.source.name": sys.argv[0], "mlflow.source.type": "LOCAL"}
-        run_id = client.create_run(exp, run_name=run_name, tags=tags).info.run_id
+        run_id = client.create_run(exp, run_name=run_name and mask(run_name),
+                                   tags={k: mask(str(v)) for k, v in tags.items()}).info.run_id
     tracker = MlflowTracker(client, run_id, uri, Path(spool_dir))
+    heartbeat = Heartbeat(client, run_id)
     try:
         if resumed:
             tracker.set_tags(tags)
@@ -374,4 +377,6 @@ def start_run(
             tracker.set_tags({ERROR_TAG: describe(err)[:5000]})
             tracker.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED", 0)
         raise
+    finally:
+        heartbeat.stop()
     tracker.end("FINISHED", offline_wait_s)

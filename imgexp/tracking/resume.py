@@ -12,18 +12,39 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from imgexp.config import ConfigError
-from imgexp.tracking.mlflow import CHECKPOINT_DIR_TAG, CONFIG_HASH_TAG, open_store, process_alive, tracking_uri
+from imgexp.checkpoint import load
+from imgexp.config import ConfigError, differences
+from imgexp.errors import describe
+from imgexp.tracking.liveness import check_resumable, close_lost_runs
+from imgexp.tracking.mlflow import CHECKPOINT_DIR_TAG, CONFIG_HASH_TAG, open_store, tracking_uri
 
 log = logging.getLogger(__name__)
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-RESUMABLE_STATUSES = ("RUNNING", "KILLED")  # FAILED runs failed for a reason a rerun would meet again
 
 
 @dataclass
 class ResumePoint:
     source: str  # what was resumed, for the log
     run_id: Optional[str]  # the MLflow run to reopen; None: the one recorded in the checkpoint, if any
+    origin: Optional[Path] = None  # the run's own checkpoint folder the files came from: removed once the
+    # resumed run has its own (see discard_origin)
+
+
+def own_folder(folder: Path) -> Optional[Path]:
+    """``folder`` if it is a run's own checkpoint folder (``checkpoints/<run id or local-...>``), else None:
+    only those are removed after a resume, never a folder the user named."""
+    name, parent = folder.name, folder.parent.name
+    return folder if parent == "checkpoints" and (RUN_ID.match(name) or name.startswith("local-")) else None
+
+
+def discard_origin(point: Optional[ResumePoint], checkpoint_dir: Path) -> None:
+    """Once the resumed run's checkpoints are in ``checkpoint_dir``: remove the folder they were copied
+    from (the killed attempt's), temp files included, so that kills do not pile up copies."""
+    origin = point.origin if point is not None else None
+    if origin is None or not origin.is_dir() or origin.resolve() == checkpoint_dir.resolve():
+        return
+    shutil.rmtree(origin, ignore_errors=True)
+    log.info("removed %s: the resumed run's checkpoints are now in %s", origin, checkpoint_dir)
 
 
 def copy_checkpoints(src_dir: Path, dest_dir: Path) -> None:
@@ -44,9 +65,9 @@ def from_path(path: Path, dest_dir: Path) -> ResumePoint:
     if path.name != "last.pt":  # a single file under another name: it alone is the state
         dest_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, dest_dir / "last.pt")
-    else:
-        copy_checkpoints(path.parent, dest_dir)
-    return ResumePoint(str(path), None)
+        return ResumePoint(str(path), None)
+    copy_checkpoints(path.parent, dest_dir)
+    return ResumePoint(str(path), None, own_folder(path.parent))
 
 
 def download_checkpoints(client, run_id: str, dest_dir: Path) -> bool:
@@ -62,20 +83,21 @@ def download_checkpoints(client, run_id: str, dest_dir: Path) -> bool:
     return True
 
 
-def from_run(client, run, dest_dir: Path) -> bool:
+def from_run(client, run, dest_dir: Path, source: str) -> Optional[ResumePoint]:
     """The run's checkpoints: from its checkpoint directory when that is on this machine (at least as new
-    as the logged copy), else from its artifacts."""
+    as the logged copy), else from its artifacts; None when it has neither."""
     local = run.data.tags.get(CHECKPOINT_DIR_TAG)
     if local and (Path(local) / "last.pt").exists():
         copy_checkpoints(Path(local), dest_dir)
-        return True
-    return download_checkpoints(client, run.info.run_id, dest_dir)
+        return ResumePoint(source, run.info.run_id, own_folder(Path(local)))
+    if download_checkpoints(client, run.info.run_id, dest_dir):
+        return ResumePoint(source, run.info.run_id, own_folder(Path(local)) if local else None)
+    return None
 
 
-def find(resume: str, config_hash: str, tracking, dest_dir: Path,
-         statuses: tuple[str, ...] = RESUMABLE_STATUSES) -> Optional[ResumePoint]:
-    """Put the checkpoints to resume into ``dest_dir``; None when ``resume=auto`` finds no run (in one of
-    ``statuses``) to resume."""
+def find(resume: str, config_hash: str, tracking, dest_dir: Path) -> Optional[ResumePoint]:
+    """Put the checkpoints to resume into ``dest_dir``; None when ``resume=auto`` finds no KILLED run (an
+    interrupted one, or one whose process was lost) to resume. Lost runs are closed KILLED first."""
     if resume != "auto" and not RUN_ID.match(resume):
         path = Path(resume).expanduser()
         if not path.exists():
@@ -92,18 +114,22 @@ def find(resume: str, config_hash: str, tracking, dest_dir: Path,
             run = client.get_run(resume)
         except MlflowException:
             raise ConfigError("resume", f"no MLflow run {resume} in {tracking_uri(tracking.uri)}") from None
-        if not from_run(client, run, dest_dir):
+        check_resumable(run)
+        point = from_run(client, run, dest_dir, f"MLflow run {resume}")
+        if point is None:
             raise ConfigError("resume", f"MLflow run {resume} has no checkpoints/last.pt artifact")
-        return ResumePoint(f"MLflow run {resume}", resume)
+        return point
     experiment = client.get_experiment_by_name(tracking.experiment)
     if experiment is None:
         return None
-    runs = client.search_runs([experiment.experiment_id], f"tags.`{CONFIG_HASH_TAG}` = '{config_hash}'",
+    close_lost_runs(client, experiment.experiment_id)  # a killed run is KILLED, so resumable, from here on
+    runs = client.search_runs([experiment.experiment_id], f"tags.`{CONFIG_HASH_TAG}` = '{config_hash}' and "
+                                                          "attributes.status = 'KILLED'",
                               order_by=["attributes.start_time DESC"])
     for run in runs:
-        if run.info.status in statuses and not process_alive(run.data.tags):
-            if from_run(client, run, dest_dir):
-                return ResumePoint(f"MLflow run {run.info.run_id} (resume=auto)", run.info.run_id)
+        point = from_run(client, run, dest_dir, f"MLflow run {run.info.run_id} (resume=auto)")
+        if point is not None:
+            return point
     log.info("no unfinished run with config hash %s to resume: starting a new run", config_hash)
     return None
 
@@ -115,9 +141,62 @@ def existing_run(run_id: Optional[str], tracking) -> Optional[str]:
     from mlflow.exceptions import MlflowException
 
     try:
-        open_store(tracking_uri(tracking.uri)).get_run(run_id)
+        run = open_store(tracking_uri(tracking.uri)).get_run(run_id)
     except MlflowException:
         log.warning("the checkpoint's MLflow run %s is not in %s: resuming into a new run", run_id,
                     tracking_uri(tracking.uri))
         return None
+    check_resumable(run)
     return run_id
+
+
+@dataclass
+class Resumed:
+    point: ResumePoint
+    state: dict  # the trainer's state, from last.pt
+    run_id: Optional[str]  # the MLflow run to reopen (None: a new one)
+
+
+def load_state(point: ResumePoint, staged: Path, tracking) -> dict:
+    """``last.pt`` as staged; when it cannot be read (a truncated or damaged file), the copy logged in the
+    run's MLflow artifacts."""
+    try:
+        return load(staged / "last.pt")
+    except Exception as err:  # noqa: BLE001 - whatever torch.load raises, the file is no checkpoint
+        damaged = describe(err)
+    if point.run_id and tracking.enabled:
+        client = open_store(tracking_uri(tracking.uri))
+        if download_checkpoints(client, point.run_id, staged):
+            log.warning("%s: last.pt cannot be read (%s): continuing from the copy logged in MLflow",
+                        point.source, damaged[:200])
+            try:
+                return load(staged / "last.pt")
+            except Exception as err:  # noqa: BLE001 - as above
+                damaged = describe(err)
+    raise ConfigError("resume", f"{point.source} holds no training state: {damaged}")
+
+
+def check_config(state: dict, cfg, digest: str, source: str) -> None:
+    """Refuse to resume with a config that computes something else than the run's own: a resumed run
+    trains exactly its recorded config (keys that cannot change the result, such as ``tracking.*`` and
+    ``progress``, may differ)."""
+    extra = state.get("extra", {})
+    if extra.get("config") is not None:
+        changed = differences(extra["config"], cfg)
+        if changed:
+            raise ConfigError("resume", f"{source} was trained with another config ({'; '.join(changed)}): a "
+                                        "resumed run trains its own; drop these overrides, or start a new run")
+    elif extra.get("config_hash") not in (None, digest):
+        raise ConfigError("resume", f"{source} was trained with another config (hash {extra['config_hash']}, "
+                                    f"now {digest}): a resumed run trains its own")
+
+
+def prepare(wanted: str, cfg, digest: str, staged: Path) -> Optional[Resumed]:
+    """What ``resume=wanted`` continues, its checkpoints staged in ``staged``, its state loaded and its
+    config checked against ``cfg``; None when ``resume=auto`` finds nothing to continue."""
+    point = find(wanted, digest, cfg.tracking, staged)
+    if point is None:
+        return None
+    state = load_state(point, staged, cfg.tracking)
+    check_config(state, cfg, digest, point.source)
+    return Resumed(point, state, point.run_id or existing_run(state.get("extra", {}).get("run_id"), cfg.tracking))

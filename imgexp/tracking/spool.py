@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from imgexp.redact import mask
+
 
 class Spool:
     def __init__(self, folder: str | Path, uri: str, run_id: str) -> None:
@@ -27,7 +29,7 @@ class Spool:
         if self.meta_path.exists():
             self.meta = json.loads(self.meta_path.read_text())
         else:
-            self.meta = {"uri": uri, "run_id": run_id, "sent": 0}
+            self.meta = {"uri": mask(uri), "run_id": run_id, "sent": 0}  # a password: give --uri to send
 
     @classmethod
     def open(cls, folder: str | Path) -> "Spool":
@@ -46,6 +48,11 @@ class Spool:
 
     def pending(self) -> int:
         return max(0, len(self.operations()) - self.meta["sent"])
+
+    def discard(self) -> None:
+        """Remove the folder once everything in it was sent."""
+        if self.folder.exists() and self.pending() == 0:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     def append(self, op: dict) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -93,7 +100,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m imgexp.tracking.spool",
                                      description="Send a run's spooled metrics and artifacts to its tracking server.")
     parser.add_argument("folder", help="the spool folder the run named")
-    parser.add_argument("--uri", help="send to this tracking URI instead of the one the run used")
+    parser.add_argument("--uri", help="send to this tracking URI instead of the one the run used (whose "
+                        "password, if it had one, is kept masked)")
     args = parser.parse_args(argv)
     from mlflow import MlflowClient
 
@@ -105,9 +113,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     except Exception as err:  # noqa: BLE001 - one line, and the spool keeps what was not sent
         from imgexp.errors import describe
 
-        print(f"imgexp: error: {uri}: {describe(err)} ({spool.pending()} operations still spooled)", file=sys.stderr)
+        print(f"imgexp: error: {mask(uri)}: {describe(err)} ({spool.pending()} operations still spooled)",
+              file=sys.stderr)
         sys.exit(1)
-    print(f"sent {sent} of {pending} spooled operations of run {spool.meta['run_id']} to {uri}")
+    spool.discard()
+    print(f"sent {sent} of {pending} spooled operations of run {spool.meta['run_id']} to {mask(uri)}")
 
 
 if __name__ == "__main__":

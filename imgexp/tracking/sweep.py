@@ -16,6 +16,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig
 
 from imgexp.errors import describe
+from imgexp.redact import mask
+from imgexp.tracking.liveness import Heartbeat, close_lost_runs, owner_tags
 from imgexp.tracking.mlflow import SWEEP_ID_TAG, experiment_id, open_store, source_tags, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -53,24 +55,44 @@ def job_name(words: list[str]) -> list[str]:
     return [f"tracking.job_name='{name}'"] if name and "'" not in name and "\\" not in name else []
 
 
+def check_composes(hydra_context, config: DictConfig, base: list[str], variants: list[str]) -> None:
+    """Compose the job ``base`` and, for each override of ``variants``, ``base`` with that key's value
+    replaced, before anything is recorded: a value no option has (``model=resnet181``) stops the sweep with
+    one line before its parent run exists. Value checks (``batch=0``) stay with each job, which records them."""
+    def key(override: str) -> str:
+        return override.split("=", 1)[0]
+
+    def with_value(variant: str) -> list[str]:
+        job = [variant if key(o) == key(variant) else o for o in base]
+        return job if variant in job else job + [variant]
+
+    for job in [base] + [with_value(v) for v in dict.fromkeys(variants) if v not in base]:
+        hydra_context.config_loader.load_sweep_config(config, job)
+
+
 class ParentRun:
     """An open parent run; a no-op when the sweep's config has ``tracking.enabled=false``."""
 
     def __init__(self, tracking: DictConfig, sweep_id: str, sweeper: str, arguments: list[str],
                  run_id: Optional[str] = None) -> None:
         self.run_id: Optional[str] = None
+        self.heartbeat: Optional[Heartbeat] = None
         if not tracking.enabled:
             return
         self.client = open_store(tracking_uri(tracking.uri))
+        experiment = experiment_id(self.client, tracking.experiment)
+        close_lost_runs(self.client, experiment)  # earlier sweeps' parents and jobs that were killed
         if run_id:  # resuming: reopen the sweep's existing parent
             self.client.update_run(run_id, status="RUNNING")
-            self.run_id = run_id
-            return
-        tags = {ROLE_TAG: "sweep", SWEEPER_TAG: sweeper, SWEEP_ID_TAG: sweep_id,
-                "imgexp.overrides": " ".join(arguments), **source_tags()}
-        experiment = experiment_id(self.client, tracking.experiment)
-        name = f"optuna study {sweep_id}" if sweeper == "optuna" else f"{sweeper} {' '.join(arguments) or sweep_id}"
-        self.run_id = self.client.create_run(experiment, run_name=name[:250], tags=tags).info.run_id
+            for key, value in owner_tags().items():
+                self.client.set_tag(run_id, key, value)
+        else:
+            tags = {ROLE_TAG: "sweep", SWEEPER_TAG: sweeper, SWEEP_ID_TAG: sweep_id,
+                    "imgexp.overrides": mask(" ".join(arguments)), **source_tags(), **owner_tags()}
+            name = f"optuna study {sweep_id}" if sweeper == "optuna" else f"{sweeper} {' '.join(arguments) or sweep_id}"
+            run_id = self.client.create_run(experiment, run_name=mask(name)[:250], tags=tags).info.run_id
+        self.run_id = run_id
+        self.heartbeat = Heartbeat(self.client, run_id)
 
     def child_override(self) -> list[str]:
         """The override that makes a job's run a child of this one."""
@@ -99,10 +121,11 @@ class ParentRun:
         """Log the summary (metrics, tags, ``files`` as artifacts) and end the run."""
         if not self.run_id:
             return
+        self.heartbeat.stop()
         for key, value in metrics.items():
             self.client.log_metric(self.run_id, key, value)
         for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, value)
+            self.client.set_tag(self.run_id, key, mask(str(value)))
         for path in files:
             self.client.log_artifact(self.run_id, str(path))
         self.client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED")
@@ -137,7 +160,7 @@ def finish(counts: dict[str, int], failed: list[dict], sweep_dir: Path, parent: 
         tags = {f"best.{k}": str(v) for k, v in results.get("best_params", {}).items()}
     sweep_dir.mkdir(parents=True, exist_ok=True)
     for name, content in files.items():
-        (sweep_dir / name).write_text(json.dumps(content, indent=2))
+        (sweep_dir / name).write_text(mask(json.dumps(content, indent=2)))
     written = [sweep_dir / name for name in files]
     metrics = {f"sweep/{k}": float(v) for k, v in counts.items()}
     if results and "best_value" in results:

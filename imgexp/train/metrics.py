@@ -1,6 +1,7 @@
 """Classification metrics from logits: accuracy, top-k, F1 and the confusion matrix, all counted from one
 confusion matrix (scikit-learn's definitions with ``zero_division=0``, without importing it: a second of
-every run's start-up)."""
+every run's start-up). A class without true samples (no test images) has no recall or F1 (NaN) and is
+left out of the macro F1, which averages over the classes present in the targets."""
 from __future__ import annotations
 
 import numpy as np
@@ -21,17 +22,21 @@ def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 
 def per_class(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Precision, recall, F1 and support of each class."""
+    """Precision, recall, F1 and support of each class; recall and F1 NaN where the support is 0."""
     tp, predicted, support = np.diag(cm), cm.sum(0), cm.sum(1)
-    return ratio(tp, predicted), ratio(tp, support), ratio(2 * tp, predicted + support), support
+    defined = np.where(support > 0, 1.0, np.nan)  # no true samples: no recall, no F1
+    recall, f1 = ratio(tp, support) * defined, ratio(2 * tp, predicted + support) * defined
+    return ratio(tp, predicted), recall, f1, support
 
 
 def classification_metrics(
     logits: torch.Tensor, targets: torch.Tensor, prefix: str, topk: int = 2
 ) -> dict[str, float]:
-    """``{prefix}/acc``, ``{prefix}/top{k}`` (when k < classes) and ``{prefix}/f1_macro``."""
+    """``{prefix}/acc``, ``{prefix}/top{k}`` (when k < classes) and ``{prefix}/f1_macro`` (over the classes
+    present in ``targets``: scikit-learn's ``f1_score(average="macro", labels=<those>)``)."""
     cm = confusion_counts(logits, targets)
-    out = {f"{prefix}/acc": float(np.trace(cm) / cm.sum()), f"{prefix}/f1_macro": float(per_class(cm)[2].mean())}
+    out = {f"{prefix}/acc": float(np.trace(cm) / cm.sum()),
+           f"{prefix}/f1_macro": float(np.nanmean(per_class(cm)[2]))}
     if topk < logits.shape[1]:
         top = logits.float().topk(topk, dim=1).indices.cpu()
         out[f"{prefix}/top{topk}"] = float((top == targets.cpu()[:, None]).any(1).float().mean())
@@ -39,7 +44,8 @@ def classification_metrics(
 
 
 def per_class_table(cm: np.ndarray, class_names: list[str]) -> pd.DataFrame:
-    """Precision, recall, F1 and support per class (one row each) from :func:`confusion_counts`."""
+    """Precision, recall, F1 and support per class (one row each) from :func:`confusion_counts`; a class
+    with support 0 keeps its row, its recall and F1 empty (NaN)."""
     p, r, f, n = per_class(cm)
     return pd.DataFrame({"class": class_names, "precision": p, "recall": r, "f1": f, "support": n})
 

@@ -1,5 +1,5 @@
 """Signals that ask a training run to stop cleanly: SIGTERM (``docker stop``, Kubernetes, SLURM at its
-limit), SIGUSR1 / SIGUSR2 (what SLURM sends ahead of a time limit or preemption with ``--signal``; SIGUSR2
+limit), SIGHUP (the terminal that started it closed), SIGUSR1 / SIGUSR2 (what SLURM sends ahead of a time limit or preemption with ``--signal``; SIGUSR2
 is submitit's) and Ctrl-C. The trainer finishes its step, saves ``last.pt`` and raises
 :class:`~imgexp.train.trainer.TrainingInterrupted`; a second Ctrl-C stops at once. A Python handler the
 process had for SIGUSR1/SIGUSR2 (submitit's, which requeues a SLURM job) is attached to the exception as
@@ -15,7 +15,7 @@ from typing import Iterator
 from imgexp.train.trainer import Trainer, TrainingInterrupted
 
 log = logging.getLogger(__name__)
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 
 
 @contextmanager
