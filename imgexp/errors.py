@@ -46,8 +46,9 @@ def run_app(app: Callable[[], object]) -> None:
     traceback), and an interruption one line and exit 128 + signal (130 for Ctrl-C). Hydra is told to
     raise composition errors to us instead of printing them."""
     if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed; the trainer handles
-            signal.signal(signum, raise_terminated)  # both gracefully while it trains
+        for signum in (signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed (unless nohup ignores
+            if signal.getsignal(signum) != signal.SIG_IGN:  # it); the trainer handles both gracefully
+                signal.signal(signum, raise_terminated)
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         app()
         return

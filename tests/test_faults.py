@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import run_cli
-from test_resume import RUN, runs, start, wait_for
+from test_resume import RUN, env, runs, start, wait_for
 
 pytestmark = pytest.mark.slow  # real processes: left out of the quick tier (README, Tests)
 
@@ -157,8 +158,22 @@ def test_kill_9_of_a_sweep_closes_its_parent_and_the_rerun_resumes_the_killed_jo
     assert not glob.glob(str(workdir / "multirun/*/*/*/checkpoints/*/.*.pt.*"))
 
 
-def test_two_sweeps_started_in_the_same_second_keep_their_own_directories(workdir):
-    sweeps = [start(["-m", f"seed={seed}", "epochs=1", *RUN[1:]], workdir) for seed in (0, 1)]
+SAME_SECOND = """import datetime, hydra.core.utils
+class SameSecond(datetime.datetime):  # Hydra's ${now:} clock, stopped at 12:00:00 but for the microseconds
+    @classmethod
+    def now(cls, tz=None):
+        return datetime.datetime.now(tz).replace(hour=12, minute=0, second=0)
+hydra.core.utils.datetime = SameSecond
+"""
+
+
+def test_two_sweeps_started_in_the_same_second_keep_their_own_directories(workdir, tmp_path_factory):
+    clock = tmp_path_factory.mktemp("clock")
+    (clock / "sitecustomize.py").write_text(SAME_SECOND)
+    same_second = {**env(), "PYTHONPATH": os.pathsep.join([str(clock), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    sweeps = [subprocess.Popen([sys.executable, "-m", "imgexp", "-m", f"seed={seed}", "epochs=1", *RUN[1:]],
+                               cwd=workdir, env=same_second, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for seed in (0, 1)]
     for proc in sweeps:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-2000:]
@@ -190,10 +205,11 @@ def test_a_failing_value_in_a_sweep_is_a_failed_child_and_an_unknown_option_stop
 
 
 def test_directions_and_metrics_are_counted_before_the_first_trial(workdir):
-    began = time.monotonic()
+    began = time.monotonic()  # a process, with a time-out: the earlier code retried the one trial forever
     proc = run_cli("-m", "hydra/sweeper=optuna", "hydra.sweeper.direction=[maximize,minimize]",
-                   "hydra.sweeper.n_trials=1", "optimizer.lr=tag(log,interval(1e-4,1e-2))", *RUN, cwd=workdir)
-    assert time.monotonic() - began < 30
+                   "hydra.sweeper.n_trials=1", "optimizer.lr=tag(log,interval(1e-4,1e-2))", *RUN, cwd=workdir,
+                   process=True, timeout=120)
+    assert time.monotonic() - began < 60
     assert proc.returncode == 1
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("imgexp: error: hydra.sweeper.direction: 2 directions ['maximize', 'minimize'] but "
@@ -231,11 +247,20 @@ def test_a_truncated_last_pt_falls_back_to_the_copy_in_mlflow_and_leftovers_go(w
     assert not glob.glob(str(workdir / "outputs/*/*/checkpoints/*/*")), "the finished run's checkpoints are in MLflow"
 
 
-def test_sighup_stops_like_sigterm(workdir):
+def test_sighup_stops_like_sigterm_unless_nohup_ignores_it(workdir):
     code, err, run = stopped_run(workdir, sig=signal.SIGHUP)
     assert code == 129 and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("imgexp: stopped by SIGHUP")
     assert run.info.status == "KILLED" and run.data.tags["imgexp.status"] == "interrupted"
+
+    (workdir / "nohup").mkdir()
+    nohup = subprocess.Popen([sys.executable, "-m", "imgexp", "epochs=2", *RUN[1:]], cwd=workdir / "nohup",
+                             env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    wait_for("outputs/*/*/checkpoints/*/last.pt", workdir / "nohup", nohup)  # training: past every set-up
+    nohup.send_signal(signal.SIGHUP)
+    _, err = nohup.communicate(timeout=300)
+    assert nohup.returncode == 0, err[-2000:]
 
 
 @pytest.fixture

@@ -32,7 +32,8 @@ def stop_on_signals(trainer: Trainer) -> Iterator[None]:
         log.warning("%s received: stopping after this step", signal.Signals(signum).name)
         trainer.request_stop(signum)
 
-    previous = {s: signal.signal(s, handle) for s in STOP_SIGNALS}
+    previous = {s: signal.signal(s, handle) for s in STOP_SIGNALS
+                if signal.getsignal(s) != signal.SIG_IGN}  # nohup's ignored SIGHUP stays ignored
     try:
         yield
     except TrainingInterrupted as err:
