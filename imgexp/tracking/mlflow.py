@@ -201,9 +201,10 @@ class MlflowTracker(Tracker):
                 self.spool.discard()
                 return
             time.sleep(min(self.WAIT_RETRY_S, max(0.0, deadline - time.monotonic())))
+        uri = " --uri <the tracking URI, with its password>" if mask(self.uri) != self.uri else ""
         log.error("tracking server %s still unreachable: %d operations of run %s are kept in %s; send them "
-                  "with: python -m imgexp.tracking.spool %s", self.uri, self.spool.pending(), self.run_id,
-                  self.spool.folder, self.spool.folder)
+                  "with: python -m imgexp.tracking.spool %s%s", self.uri, self.spool.pending(), self.run_id,
+                  self.spool.folder, self.spool.folder, uri)
 
 
 def tracking_uri(configured: Optional[str]) -> str:
@@ -375,7 +376,8 @@ def start_run(
             tracker.end("KILLED", 0)
         else:
             tracker.set_tags({ERROR_TAG: describe(err)[:5000]})
-            tracker.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED", 0)
+            stopped = isinstance(err, (KeyboardInterrupt, SystemExit))  # SystemExit: e.g. submitit's handler
+            tracker.end("KILLED" if stopped else "FAILED", 0)  # of a SLURM time limit, after training: resumable
         raise
     finally:
         heartbeat.stop()
