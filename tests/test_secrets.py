@@ -271,3 +271,18 @@ def test_unreachable_database_is_one_line_within_seconds(tmp_path, how):
     assert elapsed < 30, elapsed
     assert SECRET not in proc.stdout + proc.stderr
     assert leaks(tmp_path) == []
+
+
+def test_resume_compares_the_config_with_its_masked_record(compose_cfg):
+    """The checkpoint records the config with passwords masked: a URI password in a key that decides the
+    result must not read as a change on resume, while a real change still does."""
+    from omegaconf import OmegaConf
+
+    from imgexp.tracking.resume import check_config
+
+    weights = f"model.weights=postgresql://u:{SECRET}@h/db"
+    cfg = compose_cfg(weights)
+    state = {"extra": {"config": mask_container(OmegaConf.to_container(cfg, resolve=True))}}
+    check_config(state, cfg, "digest", "run r")  # the same config: resumable
+    with pytest.raises(ConfigError, match=r"optimizer.lr: 0.001 -> 0.01"):
+        check_config(state, compose_cfg(weights, "optimizer.lr=0.01"), "digest", "run r")

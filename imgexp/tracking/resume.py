@@ -12,9 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from omegaconf import OmegaConf
+
 from imgexp.checkpoint import load
 from imgexp.config import ConfigError, differences
 from imgexp.errors import describe
+from imgexp.redact import mask_container
 from imgexp.tracking.liveness import check_resumable, close_lost_runs
 from imgexp.tracking.mlflow import CHECKPOINT_DIR_TAG, CONFIG_HASH_TAG, open_store, tracking_uri
 
@@ -87,12 +90,11 @@ def from_run(client, run, dest_dir: Path, source: str) -> Optional[ResumePoint]:
     """The run's checkpoints: from its checkpoint directory when that is on this machine (at least as new
     as the logged copy), else from its artifacts; None when it has neither."""
     local = run.data.tags.get(CHECKPOINT_DIR_TAG)
+    point = ResumePoint(source, run.info.run_id, own_folder(Path(local)) if local else None)
     if local and (Path(local) / "last.pt").exists():
         copy_checkpoints(Path(local), dest_dir)
-        return ResumePoint(source, run.info.run_id, own_folder(Path(local)))
-    if download_checkpoints(client, run.info.run_id, dest_dir):
-        return ResumePoint(source, run.info.run_id, own_folder(Path(local)) if local else None)
-    return None
+        return point
+    return point if download_checkpoints(client, run.info.run_id, dest_dir) else None
 
 
 def find(resume: str, config_hash: str, tracking, dest_dir: Path) -> Optional[ResumePoint]:
@@ -179,10 +181,10 @@ def load_state(point: ResumePoint, staged: Path, tracking) -> dict:
 def check_config(state: dict, cfg, digest: str, source: str) -> None:
     """Refuse to resume with a config that computes something else than the run's own: a resumed run
     trains exactly its recorded config (keys that cannot change the result, such as ``tracking.*`` and
-    ``progress``, may differ)."""
+    ``progress``, may differ). The record has URI passwords masked, so ``cfg`` is compared masked too."""
     extra = state.get("extra", {})
     if extra.get("config") is not None:
-        changed = differences(extra["config"], cfg)
+        changed = differences(extra["config"], mask_container(OmegaConf.to_container(cfg, resolve=True)))
         if changed:
             raise ConfigError("resume", f"{source} was trained with another config ({'; '.join(changed)}): a "
                                         "resumed run trains its own; drop these overrides, or start a new run")
