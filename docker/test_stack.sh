@@ -143,8 +143,8 @@ KEEP_GPU=0
 if [ "${TEST_GPU:-}" = 1 ] || { [ -z "${TEST_GPU:-}" ] && command -v nvidia-container-runtime-hook > /dev/null; }; then
     KEEP_GPU=1
 fi
-# Without GPUs the workers still share out two made-up GPU ids (CUDA_VISIBLE_DEVICES then changes nothing),
-# so the test sees each claim a different one.
+# Without GPUs the workers' trials still share out two made-up GPU ids (WORKER_GPU_IDS, the workers'
+# IMGEXP_GPU_IDS: claimed per trial, the index changes nothing on the CPU), so the test sees both claimed.
 FAKE_GPU_IDS=$([ "$KEEP_GPU" = 1 ] || echo 0,1)
 cat > "$TMP/test.env" <<EOF
 IMGEXP_IMAGE=$IMAGE
@@ -184,7 +184,7 @@ if sys.argv[1] == "0":
     del stack["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"]
 yaml.safe_dump(stack, sys.stdout, sort_keys=False)' "$KEEP_GPU" < "$TMP/resolved.yaml" > "$TMP/stack.yaml"
 if [ "$KEEP_GPU" = 1 ]; then
-    echo "workers reserve the GPUs and claim one each (deploy.resources.reservations.devices, as in compose.yaml)"
+    echo "workers reserve the GPUs, each trial claims one (deploy.resources.reservations.devices, as in compose.yaml)"
 else
     echo "no NVIDIA container toolkit here: the workers' GPU reservation is left out of the test's copy"
 fi
@@ -224,10 +224,13 @@ for i in "${!workers[@]}"; do
     echo "worker ${workers[$i]:0:12}: exit ${codes[$i]}; $("$DOCKER" logs "${workers[$i]}" 2>&1 | grep -cE '\[HYDRA\] trial [0-9]+: ') trial(s)"
 done
 for c in "${codes[@]}"; do [ "$c" = 0 ] || die "a worker exited $c"; done
-claimed=$(for w in "${workers[@]}"; do "$DOCKER" logs "$w" 2>&1 | grep -o '^imgexp-worker: GPU [0-9]*' || true; done | sort -u)
-echo "${claimed:-imgexp-worker: no GPU}" | sed 's/^/  /'
+# imgexp/gpus.py logs "claimed GPU <index> slot <k> ..." once per trial that claims
+claimed=$(for w in "${workers[@]}"; do "$DOCKER" logs "$w" 2>&1 | grep -o 'claimed GPU [0-9]*' || true; done)
+echo "${claimed:-no GPU claimed}" | sort | uniq -c | sed 's/^ */  /'
 if [ -n "$FAKE_GPU_IDS" ]; then
-    [ "$(echo "$claimed" | grep -c GPU)" = "$WORKERS" ] || die "the $WORKERS workers did not claim $WORKERS different GPUs"
+    gpus=$(echo "$claimed" | sort -u | grep -c GPU || true)
+    [ "$gpus" = "$(echo "$FAKE_GPU_IDS" | tr ',' '\n' | grep -c .)" ] \
+        || die "the trials of the $WORKERS workers claimed $gpus of the GPUs $FAKE_GPU_IDS, not each"
 fi
 echo "sweep done in $SWEEP_S s"
 

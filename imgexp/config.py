@@ -80,6 +80,7 @@ class Config:
     batch: int = 64
     seed: int = 0
     device: str = "auto"
+    jobs_per_gpu: int = 1  # sweep jobs sharing one GPU (each claims a slot of a GPU; see imgexp/gpus.py)
     topk: int = 2
     optimized_metric: Any = "val/acc_best"  # one metric name, or a list of them (multi-objective sweeps)
     progress: bool = True
@@ -91,6 +92,7 @@ class Config:
         require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
         require(self.batch >= 1, "batch", f"must be >= 1, got {self.batch}")
         require(self.topk >= 1, "topk", f"must be >= 1, got {self.topk}")
+        require(self.jobs_per_gpu >= 1, "jobs_per_gpu", f"must be >= 1, got {self.jobs_per_gpu}")
         for metric in as_list(self.optimized_metric):
             require(isinstance(metric, str) and metric.split("/")[0] in ("train", "val", "test"), "optimized_metric",
                     f"must be train/, val/ or test/ metrics, got {self.optimized_metric!r}")
@@ -103,7 +105,8 @@ class Config:
 
 
 # Keys that cannot change what a run computes: left out of its config hash.
-UNHASHED_KEYS = ("tracking", "progress", "resume", "reuse", "trial", "data.num_workers", "data.cache_dir")
+UNHASHED_KEYS = ("tracking", "progress", "resume", "reuse", "trial", "jobs_per_gpu", "data.num_workers",
+                 "data.cache_dir")
 
 
 def hashed_part(cfg: DictConfig | dict) -> dict:

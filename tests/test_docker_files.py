@@ -6,6 +6,8 @@ from pathlib import Path
 
 import yaml
 
+from imgexp import gpus
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
 
@@ -15,6 +17,10 @@ def test_compose_stack():
     assert set(services) == {"postgres", "mlflow", "worker", "dashboard"}
     assert services["dashboard"]["profiles"] == ["dashboard"]
     assert services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    # each trial claims a GPU slot (imgexp.gpus) in a lock folder every worker shares: the /work volume
+    worker_env = services["worker"]["environment"]
+    assert worker_env[gpus.IDS_ENV] == "${WORKER_GPU_IDS:-}" and "work:/work" in services["worker"]["volumes"]
+    assert worker_env[gpus.LOCKS_ENV].startswith("/work/") and services["worker"]["entrypoint"] == ["imgexp"]
     assert "/health" in str(services["mlflow"]["healthcheck"]["test"])
     assert "pg_isready" in str(services["postgres"]["healthcheck"]["test"])
     for name in ("postgres", "mlflow", "dashboard"):

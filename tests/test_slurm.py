@@ -137,3 +137,21 @@ def test_optuna_trial_past_its_time_limit_is_requeued_and_resumes_its_run(cluste
     assert after[0] >= 1 and after == sorted(after) and after[-1] <= epochs
     cluster.wait_for_jobs()
     assert (cluster.root / "log" / "slurmctld.log").read_text().count(f"Requeuing JobId={job}") == requeues
+
+
+def test_a_job_of_two_slurm_tasks_trains_as_two_ranks_of_one_run(cluster, workdir, submit_env):
+    proc = run_cli("-m", *slurm(cluster, 10, "hydra.launcher.tasks_per_node=2"), "trainer.devices=2", "device=cpu",
+                   "seed=0", "epochs=2", "data.subset=200", *FAST, "tracking.experiment=slurm-ranks", cwd=workdir,
+                   timeout=300)
+    assert proc.returncode == 0, explain(cluster, workdir, proc)
+    (parent,), children = sweep_runs(workdir, "slurm-ranks")
+    assert_children_of(parent, children, 1)
+    (run,) = children
+    assert run.info.status == "FINISHED"
+    (job,) = workdir.glob("multirun/*/*/0")
+    rank1 = (job / "rank1.log").read_text()
+    assert "rank 1 of 2" in rank1 and len(re.findall(r"epoch \d/2:", rank1)) == 2, rank1[-2000:]
+    (own,) = [p for p in job.glob("*.log") if p.name != "rank1.log"]  # Hydra's job log: rank 0's
+    assert "rank 0 of 2" in own.read_text() and "rank 1 of 2" not in own.read_text()
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [1, 2]

@@ -15,12 +15,12 @@ from imgexp.config import ConfigError
 from imgexp.data import digits, folders, synthetic, torchvision_sets  # noqa: F401  (register the sources)
 from imgexp.data.augment import build_augment
 from imgexp.data.decode import decode_cached, decode_files, majority_geometry
-from imgexp.data.loader import StreamLoader, TensorLoader
+from imgexp.data.loader import Shard, StreamLoader, TensorLoader
 from imgexp.data.normalize import channel_stats
 from imgexp.data.sources import SOURCES, Files, Images, Samples, Source, load_source, register_source
 from imgexp.data.split import stratified_split, stratified_subset
 
-__all__ = ["Data", "DataInfo", "Files", "Images", "SOURCES", "Source", "StreamLoader", "TensorLoader", "build",
+__all__ = ["Data", "DataInfo", "Files", "Images", "SOURCES", "Shard", "Source", "StreamLoader", "TensorLoader", "build",
            "register_source"]
 log = logging.getLogger(__name__)
 STATS_SAMPLE = 2000  # images decoded to estimate mean/std of a streamed train split
@@ -125,9 +125,10 @@ def convert(images: Images, size: tuple[int, int], channels: int) -> Images:
     return Images(x.contiguous(), images.y)
 
 
-def build(data_cfg, aug_cfg, norm_cfg, batch: int, seed: int, device: torch.device) -> Data:
+def build(data_cfg, aug_cfg, norm_cfg, batch: int, seed: int, device: torch.device, shard: Shard = Shard()) -> Data:
     """Load ``data_cfg``'s source, split and subset it, and return loaders that yield augmented (train)
-    and normalized batches on ``device``."""
+    and normalized batches on ``device``: rank ``shard.rank``'s part of each training batch of ``batch``
+    images, and its block of the val and test splits."""
     source = load_source(data_cfg)
     parts = split(source, data_cfg)
     if data_cfg.subset is not None:
@@ -156,7 +157,7 @@ def build(data_cfg, aug_cfg, norm_cfg, batch: int, seed: int, device: torch.devi
     else:
         stats_x = train.x
     mean, std = (t.to(device) for t in channel_stats(norm_cfg.name, stats_x))
-    augment = build_augment(aug_cfg, seed, device)
+    augment = build_augment(aug_cfg, seed + 7919 * shard.rank, device)  # each rank draws its own augmentations
 
     def normalize(x: torch.Tensor) -> torch.Tensor:
         return (x.float() - mean) / std
@@ -167,13 +168,22 @@ def build(data_cfg, aug_cfg, norm_cfg, batch: int, seed: int, device: torch.devi
     def loader(samples: Samples, is_train: bool) -> Loader:
         augmented = is_train and augment is not None
         transform, rngs = (augment_normalize, [augment.generator]) if augmented else (normalize, [])
+        size_ = batch
+        if not is_train and shard.world > 1:  # this rank's block, in batches as large as its training ones
+            samples, size_ = samples.take(shard.rows(len(samples.y)).numpy()), -(-batch // shard.world)
         if isinstance(samples, Files):
-            return StreamLoader(samples, size, channels, batch, transform, device, data_cfg.num_workers,
-                                shuffle=is_train, seed=seed, rngs=rngs)
-        return TensorLoader(samples.x.to(device), samples.y.to(device), batch, transform, shuffle=is_train,
-                            seed=seed, rngs=rngs)
+            return StreamLoader(samples, size, channels, size_, transform, device, data_cfg.num_workers,
+                                shuffle=is_train, seed=seed, rngs=rngs, shard=shard)
+        return TensorLoader(samples.x.to(device), samples.y.to(device), size_, transform, shuffle=is_train,
+                            seed=seed, rngs=rngs, shard=shard)
 
     log.info("data %s: %d train / %d val / %d test images, %dx%dx%d, %s", data_cfg.name,
              *(len(p.y) for p in parts), channels, *size, "streamed from files" if stream else "in memory")
+    dropped = len(train.y) % batch
+    if shard.world > 1 and shard.rank == 0:
+        each = f"{batch // shard.world}" + (f"-{-(-batch // shard.world)}" if batch % shard.world else "")
+        log.info("%d ranks: each takes %s images of every batch of %d%s", shard.world, each, batch,
+                 f"; the last {dropped} training images of each shuffled epoch are left out (fewer than the ranks)"
+                 if 0 < dropped < shard.world else "")
     info = DataInfo(channels, size[0], size[1], len(class_names), class_names)
     return Data(info, loader(parts[0], True), loader(parts[1], False), loader(parts[2], False))

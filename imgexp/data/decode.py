@@ -100,11 +100,12 @@ def collate_readable(batch):
     return torch.stack(xs), torch.stack(ys), len(batch) - len(ok), converted
 
 
-def file_loader(files: Files, size, channels, batch: int, num_workers: int, sampler=None, pin_memory=False):
-    """Batches ``(x uint8, y, number unreadable, number converted)`` in file order, or in ``sampler``'s;
-    the workers persist between passes."""
+def file_loader(files: Files, size, channels, batch: int, num_workers: int, batches=None, pin_memory=False):
+    """Batches ``(x uint8, y, number unreadable, number converted)`` of ``batch`` files in file order, or
+    the index lists of the batch sampler ``batches``; the workers persist between passes."""
+    order = {"batch_sampler": batches} if batches is not None else {"batch_size": batch}
     return DataLoader(
-        FileDataset(files, size, channels), batch_size=batch, sampler=sampler, num_workers=num_workers,
+        FileDataset(files, size, channels), **order, num_workers=num_workers,
         collate_fn=collate_readable, persistent_workers=num_workers > 0, pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(0),  # workers' base seeds: keep the global generator untouched
     )

@@ -6,20 +6,50 @@ copies), for images too large to keep in memory. Both reshuffle every epoch from
 both are resumable: ``state_dict()`` holds the shuffle generator as it was when the current pass began,
 how many batches of it were taken, and the transform's generators (``rngs``, e.g. the augmentation's),
 so a loader restored with ``load_state_dict`` continues the pass exactly where it stopped.
+
+In a run over several ranks every rank draws the same order (one seed), and a training loader yields its
+:class:`Shard` of each global batch of ``batch`` images: the ranks' parts are disjoint, differ by at most
+one image, and cover the split, except a last batch smaller than the number of ranks (dropped).
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence
 
 import torch
-from torch.utils.data import RandomSampler
+from torch.utils.data import Sampler
 
 from imgexp.data.decode import file_loader
 from imgexp.data.sources import Files
 
 log = logging.getLogger(__name__)
 BatchTransform = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Rank ``rank`` of ``world``: its part of every training batch, and its rows of an evaluated split."""
+
+    rank: int = 0
+    world: int = 1
+
+    def batches(self, order: torch.Tensor, batch: int) -> Iterator[torch.Tensor]:
+        """This rank's part of each global batch of ``order``; a last batch with fewer images than ranks is
+        dropped (no rank may go without)."""
+        for start in range(0, len(order), batch):
+            idx = order[start : start + batch]
+            if len(idx) < self.world:
+                return
+            yield idx.tensor_split(self.world)[self.rank]
+
+    def count(self, n: int, batch: int) -> int:
+        """How many batches :meth:`batches` yields for ``n`` images."""
+        return n // batch + (n % batch >= self.world)
+
+    def rows(self, n: int) -> torch.Tensor:
+        """This rank's contiguous block of ``n`` rows (evaluation: the blocks in rank order are the split)."""
+        return torch.arange(n).tensor_split(self.world)[self.rank]
 
 
 class ResumableLoader:
@@ -53,37 +83,57 @@ class ResumableLoader:
 
 
 class TensorLoader(ResumableLoader):
+    """Shuffled: :class:`Shard` parts of global batches; not shuffled: ``x`` in order (evaluation)."""
+
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch: int, transform: BatchTransform,
-                 shuffle: bool = False, seed: int = 0, rngs: Sequence[torch.Generator] = ()) -> None:
+                 shuffle: bool = False, seed: int = 0, rngs: Sequence[torch.Generator] = (),
+                 shard: Shard = Shard()) -> None:
         super().__init__(shuffle, seed, rngs)
-        self.x, self.y, self.batch, self.transform = x, y, batch, transform
+        self.x, self.y, self.batch, self.transform, self.shard = x, y, batch, transform, shard
 
     def __len__(self) -> int:
-        return (len(self.y) + self.batch - 1) // self.batch
+        n = len(self.y)
+        return self.shard.count(n, self.batch) if self.shuffle else (n + self.batch - 1) // self.batch
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n, skip = len(self.y), self.begin_pass()
-        if self.shuffle:
-            order = torch.randperm(n, generator=self.generator).to(self.x.device)
-        for start in range(skip * self.batch, n, self.batch):
-            if self.shuffle:
-                idx = order[start : start + self.batch]
-                xb, yb = self.x.index_select(0, idx), self.y.index_select(0, idx)  # 20x faster than x[idx]
-            else:
-                xb, yb = self.x[start : start + self.batch], self.y[start : start + self.batch]
+        if not self.shuffle:
+            for start in range(skip * self.batch, n, self.batch):
+                self.position += 1
+                yield self.transform(self.x[start : start + self.batch]), self.y[start : start + self.batch]
+            self.position = 0
+            return
+        order = torch.randperm(n, generator=self.generator).to(self.x.device)
+        for i, idx in enumerate(self.shard.batches(order, self.batch)):
+            if i < skip:
+                continue
             self.position += 1
-            yield self.transform(xb), yb
+            yield self.transform(self.x.index_select(0, idx)), self.y.index_select(0, idx)  # 20x faster than x[idx]
         self.position = 0
+
+
+class ShardBatches(Sampler[list[int]]):
+    """A shuffled pass of ``n`` indices as :class:`Shard` parts of global batches (a DataLoader's batch sampler)."""
+
+    def __init__(self, n: int, batch: int, generator: torch.Generator, shard: Shard) -> None:
+        self.n, self.batch, self.generator, self.shard = n, batch, generator, shard
+
+    def __len__(self) -> int:
+        return self.shard.count(self.n, self.batch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = torch.randperm(self.n, generator=self.generator)
+        return (part.tolist() for part in self.shard.batches(order, self.batch))
 
 
 class StreamLoader(ResumableLoader):
     def __init__(self, files: Files, size: tuple[int, int], channels: int, batch: int, transform: BatchTransform,
                  device: torch.device, num_workers: int, shuffle: bool = False, seed: int = 0,
-                 rngs: Sequence[torch.Generator] = ()) -> None:
+                 rngs: Sequence[torch.Generator] = (), shard: Shard = Shard()) -> None:
         super().__init__(shuffle, seed, rngs)
         self.transform, self.device = transform, device
-        sampler = RandomSampler(range(len(files.paths)), generator=self.generator) if shuffle else None
-        self.loader = file_loader(files, size, channels, batch, num_workers, sampler, device.type == "cuda")
+        batches = ShardBatches(len(files.paths), batch, self.generator, shard) if shuffle else None
+        self.loader = file_loader(files, size, channels, batch, num_workers, batches, device.type == "cuda")
 
     def __len__(self) -> int:
         return len(self.loader)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from imgexp.config import require, require_choice
 
@@ -22,6 +23,8 @@ class TrainerConfig:
     warmup_epochs: int = 0  # linear learning-rate warmup before the scheduler starts ...
     warmup_steps: int = 0  # ... in epochs or in optimizer steps (one of the two)
     deterministic: bool = False  # deterministic algorithms; otherwise cudnn.benchmark picks the fastest
+    devices: str = "1"  # ranks of one run (DDP): N, or auto (every GPU to claim); batch stays the global batch
+    sync_bn: Optional[bool] = None  # SyncBatchNorm across the ranks; null: on when devices > 1 on CUDA
 
     def __post_init__(self) -> None:
         require_choice(self.precision, PRECISIONS, "precision")
@@ -30,6 +33,8 @@ class TrainerConfig:
         require(self.warmup_epochs >= 0 and self.warmup_steps >= 0, "warmup_epochs", "warmup must be >= 0")
         require(not (self.warmup_epochs and self.warmup_steps), "warmup_steps",
                 "give warmup_epochs or warmup_steps, not both")
+        require(self.devices == "auto" or (self.devices.isdigit() and int(self.devices) >= 1), "devices",
+                f"must be a number >= 1 or auto, got {self.devices!r}")
 
 
 SCHEMAS = {"trainer": {"base": TrainerConfig}}

@@ -5,6 +5,11 @@ signal handler calls), and :meth:`Trainer.load_state_dict` continues from such a
 had happened. It knows nothing of Hydra or MLflow: per-epoch metrics go to an ``on_epoch(epoch, metrics)``
 callback, which may raise to stop training (a sweeper's pruning, say).
 
+Over several ranks (``ranks``, torch.distributed) the model trains wrapped in DistributedDataParallel, each
+rank on its part of every batch; the ranks agree after every step on whether to stop, metrics are totals
+over all ranks, evaluation gathers every rank's rows, and rank 0 alone writes checkpoints (with every
+rank's RNG and loader state) and runs ``on_epoch``, whose raising stops every rank.
+
 Two optional hooks come from outside the generic step: the loss's ``start_epoch()`` / ``epoch_metrics()``
 (the K-means center loss) and the model's ``auxiliary_loss(targets)`` (GoogLeNet's auxiliary heads).
 """
@@ -20,11 +25,13 @@ from typing import Callable, Iterable, Optional
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from imgexp.checkpoint import load, save_atomic
 from imgexp.train.metrics import classification_metrics
+from imgexp.train.ranks import RankLost, Ranks
 from imgexp.train.rng import rng_state, set_rng_state
 from imgexp.train.schedule import Schedule
 
@@ -38,6 +45,10 @@ CHECKPOINT_FORMAT = 1
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
+
+
+class StoppedByRankZero(Exception):
+    """Ends ranks other than 0 when rank 0's ``on_epoch`` stopped the run (pruning, a failed callback)."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -74,13 +85,15 @@ class Trainer:
 
     ``precision``: fp32, or autocast to bf16 / fp16 (fp16 with a gradient scaler, CUDA only);
     ``channels_last``: NHWC model and batches; ``compile``: ``torch.compile`` the model; ``grad_clip``: max
-    gradient norm (0: off); ``ema``: decay of an ``AveragedModel`` of the weights (0: off).
+    gradient norm (0: off); ``ema``: decay of an ``AveragedModel`` of the weights (0: off); ``ranks``: this
+    process's place among the run's ranks (``train``/``val``/``test`` then yield this rank's share).
     """
 
     def __init__(self, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule,
                  train: Batches, val: Batches, test: Batches, *, epochs: int, checkpoint_dir: str | Path,
                  precision: str = "fp32", channels_last: bool = False, compile: bool = False,
-                 grad_clip: float = 0.0, ema: float = 0.0, topk: int = 2, progress: bool = True) -> None:
+                 grad_clip: float = 0.0, ema: float = 0.0, topk: int = 2, progress: bool = True,
+                 ranks: Ranks = Ranks()) -> None:
         self.device = next(model.parameters()).device
         if precision == "fp16" and self.device.type != "cuda":
             raise ValueError(f"precision fp16 needs CUDA (a gradient scaler), not {self.device.type}: use bf16")
@@ -88,16 +101,19 @@ class Trainer:
         self.model = model.to(memory_format=self.memory_format)
         self.loss_fn, self.optimizer, self.schedule = loss_fn, optimizer, schedule
         self.train, self.val, self.test = train, val, test
-        self.epochs, self.topk, self.progress, self.grad_clip = epochs, topk, progress, grad_clip
+        self.epochs, self.topk, self.grad_clip, self.ranks = epochs, topk, grad_clip, ranks
+        self.progress = progress and ranks.main
         self.checkpoint_dir = Path(checkpoint_dir)
         self.dtype = DTYPES[precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
         self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema), use_buffers=True) if ema else None
         self.evaluated = self.ema.module if self.ema is not None else self.model  # the weights val/test see
-        self.forward = torch.compile(self.model) if compile else self.model
-        self.eval_forward = self.forward
-        if self.ema is not None:
-            self.eval_forward = torch.compile(self.evaluated) if compile else self.evaluated
+        trained = self.model
+        if ranks.world > 1:
+            trained = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.forward = torch.compile(trained) if compile else trained
+        self.best_state: Optional[dict] = None  # ranks but 0 keep the best weights here, not in best.pt
+        self.eval_forward = torch.compile(self.evaluated) if compile else self.evaluated
         self.params = [p for p in model.parameters() if p.requires_grad]
         # progress of the run
         self.epoch, self.best_acc, self.best_epoch = 0, -1.0, 0
@@ -121,13 +137,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
+        """Everything to continue the run; every rank calls it (rank 0's holds each rank's RNG and loader)."""
+        own = {"loader": self.train.state_dict() if hasattr(self.train, "state_dict") else None, "rng": rng_state()}
+        ranks = self.ranks.objects(own) if self.ranks.world > 1 else None
         return {
             "format": CHECKPOINT_FORMAT, "epoch": self.epoch, "best_acc": self.best_acc,
             "best_epoch": self.best_epoch, "history": self.history, "partial": self.partial, "extra": self.extra,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None, "loss": self.loss_fn.state_dict(),
-            "loader": self.train.state_dict() if hasattr(self.train, "state_dict") else None, "rng": rng_state(),
+            **own, "ranks": ranks,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -140,16 +159,20 @@ class Trainer:
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
         self.loss_fn.load_state_dict(state["loss"])
-        if state["loader"] is not None:
-            self.train.load_state_dict(state["loader"])
-        self._rng = state["rng"]
+        ranks = state.get("ranks") or []
+        own = ranks[self.ranks.rank] if len(ranks) == self.ranks.world else state  # else: rank 0's
+        if own["loader"] is not None:
+            self.train.load_state_dict(own["loader"])
+        self._rng = own["rng"]
 
     def save(self) -> None:
-        save_atomic(self.state_dict(), self.last_path)
+        state = self.state_dict()
+        if self.ranks.main:
+            save_atomic(state, self.last_path)
 
     def _stop(self, where: str) -> None:
         self.save()
-        raise TrainingInterrupted(self.stop_signal, where, self.last_path)
+        raise TrainingInterrupted(self.stop_signal or signal.SIGTERM, where, self.last_path)  # or: another rank's
 
     # ------------------------------------------------------------------ steps
     def _autocast(self):
@@ -192,12 +215,13 @@ class Trainer:
                                       start=1):
             sums = sums + self.step(x, y)
             seen += len(y)
-            if step % NAN_CHECK_STEPS == 0 and not torch.isfinite(sums[0]):
-                raise NonFiniteLossError(f"training loss is {sums[0].item()} in the first {step} steps of {desc}")
-            if self.stop_signal is not None:
+            if step % NAN_CHECK_STEPS == 0 and not torch.isfinite(self.ranks.sum(sums)[0]):
+                raise NonFiniteLossError(f"training loss is not finite in the first {step} steps of {desc}")
+            if self.ranks.any(self.stop_signal is not None):  # every rank stops after the same step
                 self.partial |= {"sums": sums, "seen": seen}
                 self._stop(f"in {desc}, after {seen} images")
-        total_loss, correct = sums.tolist()
+        total_loss, correct, seen, started_at = self.ranks.sum(
+            torch.cat([sums, torch.tensor([seen, started_at], device=sums.device, dtype=sums.dtype)])).tolist()
         if not math.isfinite(total_loss):
             raise NonFiniteLossError(f"training loss is {total_loss / seen} ({desc})")
         lr, self.partial = self.partial["lr"], None
@@ -207,18 +231,47 @@ class Trainer:
 
     @torch.no_grad()
     def predict(self, batches: Batches) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits (fp32) and targets of a whole split, in eval mode, with the evaluated weights."""
+        """Logits (fp32) and targets of a whole split (every rank's rows, each once), in eval mode, with the
+        evaluated weights (rank 0's buffers)."""
+        self.ranks.copy_buffers(self.evaluated)
         self.evaluated.eval()
         outputs, targets = [], []
         with self._autocast():
             for x, y in batches:
                 outputs.append(self.eval_forward(x.contiguous(memory_format=self.memory_format)).float())
                 targets.append(y)
-        return torch.cat(outputs), torch.cat(targets)
+        return self.ranks.gather_rows(torch.cat(outputs)), self.ranks.gather_rows(torch.cat(targets))
 
     # ------------------------------------------------------------------ the run
+    def _keep_best(self) -> None:
+        """Rank 0 writes ``best.pt``; the other ranks keep the same weights in memory."""
+        if self.ranks.main:
+            save_atomic(self.evaluated.state_dict(), self.best_path)
+        else:
+            self.best_state = {k: v.detach().clone() for k, v in self.evaluated.state_dict().items()}
+
+    def _after_epoch(self, on_epoch: Optional[EpochCallback], epoch: int, metrics: dict[str, float]) -> None:
+        """Call ``on_epoch``; when it raises (on rank 0, the only one given it), every rank stops."""
+        error = None
+        if on_epoch is not None:
+            try:
+                on_epoch(epoch, metrics)
+            except Exception as err:  # noqa: BLE001 - re-raised below, once the other ranks know
+                error = err
+        if self.ranks.any(error is not None):
+            raise error or StoppedByRankZero(f"rank 0 stopped the run after epoch {epoch}")
+
     def fit(self, on_epoch: Optional[EpochCallback] = None) -> FitResult:
-        """Train the remaining epochs, then test the best weights (loaded into ``model``)."""
+        """Train the remaining epochs, then test the best weights (loaded into ``model``). When another rank
+        dies, raises :class:`RankLost` (the run is resumable from ``last.pt``)."""
+        try:
+            return self._fit(on_epoch)
+        except RuntimeError as err:
+            if self.ranks.lost(err):
+                raise RankLost(f"another rank of the run was lost: {str(err).splitlines()[0][:300]}") from err
+            raise
+
+    def _fit(self, on_epoch: Optional[EpochCallback]) -> FitResult:
         if self._rng is not None:
             set_rng_state(self._rng)
             self._rng = None
@@ -233,7 +286,7 @@ class Trainer:
             val_acc = (logits.argmax(1) == targets).float().mean().item()
             if val_acc > self.best_acc:
                 self.best_acc, self.best_epoch = val_acc, epoch
-                save_atomic(self.evaluated.state_dict(), self.best_path)
+                self._keep_best()
             metrics |= {"val/loss": val_loss, "val/acc": val_acc, "val/acc_best": self.best_acc,
                         "time/epoch_s": time.perf_counter() - start}
             log.info(epoch_line(epoch, self.epochs, metrics))
@@ -241,12 +294,11 @@ class Trainer:
             self.history.append({k: v for k, v in metrics.items() if not k.startswith("time/")})  # repeatable
             self.epoch = epoch
             self.save()
-            if on_epoch is not None:
-                on_epoch(epoch, metrics)
-            if self.stop_signal is not None:
+            self._after_epoch(on_epoch, epoch, metrics)
+            if self.ranks.any(self.stop_signal is not None):
                 self._stop(f"after epoch {epoch}/{self.epochs}")
 
-        best = load(self.best_path, map_location=self.device)
+        best = self.best_state or load(self.best_path, map_location=self.device)
         self.model.load_state_dict(best)  # the caller's model ends with the best weights
         if self.ema is not None:
             self.evaluated.load_state_dict(best)
