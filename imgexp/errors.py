@@ -5,7 +5,8 @@ import os
 import signal
 import sys
 import threading
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 from imgexp.redact import mask
 
@@ -39,6 +40,21 @@ class Terminated(KeyboardInterrupt):
 
 def raise_terminated(signum: int, frame) -> None:
     raise Terminated(signum)
+
+
+@contextmanager
+def stop_signals_ignored() -> Iterator[None]:
+    """While a run that is ending anyway is being closed, a further SIGTERM, SIGHUP or Ctrl-C (a launcher
+    stopping its ranks, ``docker stop`` after a failure) is ignored rather than cut the closing short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def run_app(app: Callable[[], object]) -> None:

@@ -9,6 +9,7 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -150,9 +151,19 @@ def die_with_parent() -> None:
     the ranks stop as on any SIGTERM, rank 0 saving the run's state."""
     if sys.platform.startswith("linux"):
         import ctypes
-        import signal
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def quiet_launcher_logs() -> list[tuple[logging.Logger, int]]:
+    """Silence the launcher's own error and warning lines (a failed rank's traceback, "Terminating process"):
+    the job's one error line says what failed. Returns the levels to restore."""
+    loggers = [lg for name, lg in logging.Logger.manager.loggerDict.items() if isinstance(lg, logging.Logger)
+               and name.startswith(("torch.distributed.elastic", "torch.multiprocessing"))]
+    saved = [(lg, lg.level) for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    return saved
 
 
 @record
@@ -160,8 +171,6 @@ def rank_main(job: Callable, config: dict, output_dir: str, overrides: list[str]
               handlers: list[dict], outcome_file: str) -> Any:
     """One rank, in a process of the elastic launcher's: join the group, run ``job``; rank 0 writes its
     result or error to ``outcome_file``."""
-    import signal
-
     from imgexp.errors import raise_terminated
     from imgexp.train.ranks import Ranks
 
@@ -183,9 +192,26 @@ def rank_main(job: Callable, config: dict, output_dir: str, overrides: list[str]
     except BaseException as err:
         if rank == 0:
             Path(outcome_file).write_text(json.dumps(outcome_of(err)))
-        raise
+        raise  # (a rank that returned would wait for the others' results until the launcher killed it)
     finally:
         ranks.leave()
+
+
+FOLLOWERS = ("StoppedByRankZero", "TrainingInterrupted", "RankLost", "Terminated")  # endings caused elsewhere
+
+
+def first_failure(err) -> str:
+    """``rank N: what ended it`` for the rank that failed first of its own accord (not by stopping with the
+    others, or for want of a rank that had died)."""
+    described = []
+    for failure in sorted(err.failures.values(), key=lambda f: f.timestamp):
+        recorded = failure.error_file_data.get("message")  # @record's: {"message": "Type: ...", "extraInfo": ...}
+        what = (recorded.get("message", "") if isinstance(recorded, dict) else
+                f"killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exit code {failure.exitcode}")
+        described.append(f"rank {failure.local_rank}: {what}")
+        if not what.startswith(FOLLOWERS):
+            return described[-1]
+    return described[0]
 
 
 def launch_ranks(job: Callable, cfg: DictConfig, output_dir: Path, overrides: Sequence[str], world: int,
@@ -195,8 +221,6 @@ def launch_ranks(job: Callable, cfg: DictConfig, output_dir: Path, overrides: Se
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
-    import signal
 
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # one node: the ranks talk over the loopback
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=world, run_id=uuid.uuid4().hex,
@@ -209,24 +233,27 @@ def launch_ranks(job: Callable, cfg: DictConfig, output_dir: Path, overrides: Se
              f": GPUs {', '.join(map(str, gpus))}" if gpus else "")
     fd, outcome_file = tempfile.mkstemp(prefix="imgexp-rank0-", suffix=".json")
     os.close(fd)
-    failure: Optional[str] = None
+    failure: Optional[str] = None  # the first rank to fail, when one did
+    signalled: Optional[signal.Signals] = None
+    quiet = quiet_launcher_logs()
     try:
         elastic_launch(config, rank_main)(job, OmegaConf.to_container(cfg, resolve=True), str(output_dir),
                                           list(overrides), gpus, log_handlers(), outcome_file)
     except ChildFailedError as err:
-        _, first = err.get_first_failure()
-        failure = f"rank {first.local_rank}: " + (
-            first.message if first.error_file_data.get("message") not in (None, "<NONE>")
-            else f"killed by {first.signal_name()}" if first.exitcode < 0 else f"exit code {first.exitcode}")
-    except SignalException as err:
-        failure = f"stopped by signal {err.sigval.name}"
+        failure = first_failure(err)
+    except SignalException as err:  # the ranks got the signal too
+        signalled = err.sigval
     finally:
         for signum, handler in handlers.items():  # the launcher's handlers replaced ours
             signal.signal(signum, handler)
         multiprocessing.set_start_method(method, force=True)
+        for logger, level in quiet:
+            logger.setLevel(level)
         text = Path(outcome_file).read_text()
         os.unlink(outcome_file)
     if not text:  # rank 0 left no word: it was killed, or another rank failed first
+        if signalled:
+            raise RanksStopped(f"stopped by {signalled.name}", 128 + signalled)
         raise RankFailed(failure or "rank 0 ended without a result")
     outcome = json.loads(text)
     if outcome["kind"] == "ok":

@@ -245,8 +245,9 @@ def run_rank(cfg: DictConfig, output_dir: Path, overrides: Sequence[str], ranks:
              gpus: Sequence[int] = ()) -> float | list[float]:
     """The job's phases on one rank (the only one, or one of several)."""
     if ranks.world > 1:
+        asked = [o for o in overrides if not o.startswith(SWEEPER_KEYS)]
         log.info("rank %d of %d (pid %d) on %s: %s", ranks.rank, ranks.world, os.getpid(), device,
-                 " ".join(overrides) or "(no overrides)")
+                 " ".join(asked) or "(no overrides)")
     start = starting_point(cfg, output_dir, overrides) if ranks.main else None
     shared = ranks.share(start.shared() if start else None)
     if shared["values"] is not None:

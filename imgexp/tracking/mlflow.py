@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Optional
 
 from imgexp import __version__
 from imgexp.config import ConfigError
-from imgexp.errors import describe
+from imgexp.errors import describe, stop_signals_ignored
 from imgexp.locks import sqlite_path, store_lock
 from imgexp.redact import mask
 
@@ -368,16 +368,17 @@ def start_run(
         yield tracker
     except BaseException as err:
         status = getattr(err, "run_status", None)
-        if status == "pruned":
-            tracker.set_tags({STATUS_TAG: "pruned"})
-            tracker.end("FINISHED", offline_wait_s)
-        elif status == "interrupted":
-            tracker.set_tags({STATUS_TAG: "interrupted", ERROR_TAG: describe(err)[:5000]})
-            tracker.end("KILLED", 0)
-        else:
-            tracker.set_tags({ERROR_TAG: describe(err)[:5000]})
-            stopped = isinstance(err, (KeyboardInterrupt, SystemExit))  # SystemExit: e.g. submitit's handler
-            tracker.end("KILLED" if stopped else "FAILED", 0)  # of a SLURM time limit, after training: resumable
+        with stop_signals_ignored():  # the run ends anyway: a second signal must not leave it RUNNING
+            if status == "pruned":
+                tracker.set_tags({STATUS_TAG: "pruned"})
+                tracker.end("FINISHED", offline_wait_s)
+            elif status == "interrupted":
+                tracker.set_tags({STATUS_TAG: "interrupted", ERROR_TAG: describe(err)[:5000]})
+                tracker.end("KILLED", 0)
+            else:
+                tracker.set_tags({ERROR_TAG: describe(err)[:5000]})
+                stopped = isinstance(err, (KeyboardInterrupt, SystemExit))  # SystemExit: e.g. submitit's handler
+                tracker.end("KILLED" if stopped else "FAILED", 0)  # of a SLURM time limit, after training
         raise
     finally:
         heartbeat.stop()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import signal
 import time
 from dataclasses import dataclass
@@ -268,7 +269,8 @@ class Trainer:
             return self._fit(on_epoch)
         except RuntimeError as err:
             if self.ranks.lost(err):
-                raise RankLost(f"another rank of the run was lost: {str(err).splitlines()[0][:300]}") from err
+                what = re.sub(r"^\[[^\]]*\]\s*", "", str(err).strip().splitlines()[0])  # less gloo's source line
+                raise RankLost(f"another rank of the run was lost: {what[:300]}") from err
             raise
 
     def _fit(self, on_epoch: Optional[EpochCallback]) -> FitResult:
