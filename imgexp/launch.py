@@ -26,6 +26,8 @@ from imgexp.errors import describe
 from imgexp.gpus import gpu_ids
 
 log = logging.getLogger(__name__)
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)  # to
+# every rank, by the launcher (its default leaves out SLURM's warning signals, USR1 and USR2)
 SHUTDOWN_S = 120  # after a signal, how long the ranks have to save and close before SIGKILL
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's
 
@@ -40,7 +42,15 @@ def slurm_tasks() -> int:
 
 def world_size(cfg: DictConfig) -> int:
     """How many ranks the job runs as: SLURM's tasks, else ``trainer.devices`` (``auto``: every GPU there is
-    to claim, one process without)."""
+    to claim, one process without); checks that the ranks can run as asked."""
+    world = ranks_asked(cfg)
+    if world > 1 and cfg.trainer.sync_bn and (cfg.device == "cpu" or not torch.cuda.is_available()):
+        raise ConfigError("trainer.sync_bn", "torch's SyncBatchNorm runs on CUDA only: set it false (or null) on "
+                                             "CPUs")
+    return world
+
+
+def ranks_asked(cfg: DictConfig) -> int:
     devices, tasks = str(cfg.trainer.devices), slurm_tasks()
     if tasks > 1:
         if devices not in ("auto", str(tasks)):
@@ -223,10 +233,11 @@ def launch_ranks(job: Callable, cfg: DictConfig, output_dir: Path, overrides: Se
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # one node: the ranks talk over the loopback
+    os.environ.setdefault("TORCHELASTIC_SIGNALS_TO_HANDLE", ",".join(s.name for s in FORWARDED))
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=world, run_id=uuid.uuid4().hex,
                           rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", max_restarts=0, start_method="spawn",
                           monitor_interval=0.1, shutdown_timeout=SHUTDOWN_S)
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)}
+    handlers = {s: signal.getsignal(s) for s in FORWARDED}
     method = multiprocessing.get_start_method(allow_none=True)  # loky's, in a joblib launcher's worker: a
     multiprocessing.set_start_method("spawn", force=True)  # spawned rank could not start under that name
     log.info("%d ranks on this node (torch.distributed, %s)%s", world, "nccl" if gpus else "gloo",

@@ -119,6 +119,8 @@ def test_world_size(compose_cfg, monkeypatch, env_vars, devices, device, world):
     (["trainer.devices=1"], {"SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "2"},
      "trainer.devices: 1, but this SLURM job step has 2 tasks"),
     (["jobs_per_gpu=0"], {}, "jobs_per_gpu: must be >= 1, got 0"),
+    (["trainer.devices=2", "device=cpu", "trainer.sync_bn=true"], {},
+     "trainer.sync_bn: torch's SyncBatchNorm runs on CUDA only"),
 ])
 def test_a_devices_count_that_cannot_be_is_one_line(workdir, monkeypatch, args, env_vars, message):
     for k, v in env_vars.items():
@@ -253,6 +255,19 @@ def test_sigterm_stops_every_rank_rank_0_saves_and_resume_continues_mid_epoch(wo
     _, (run,) = runs(workdir, "ddp-term")
     assert run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [1, 2, 3]
+
+    # exact: the interrupted run's numbers are those of the same run left alone (each rank's RNG and loader
+    # position restored, the interrupted epoch's sums counted once)
+    whole = run_cli(*[a for a in args[3:] if not a.startswith("tracking.")], "tracking.experiment=ddp-whole",
+                    cwd=workdir, process=True, timeout=400)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    _, (alone,) = runs(workdir, "ddp-whole")
+    for metric in ("train/loss", "train/acc", "val/loss", "val/acc"):
+        resumed = [m.value for m in sorted(client.get_metric_history(run.info.run_id, metric), key=lambda m: m.step)]
+        left_alone = [m.value for m in sorted(client.get_metric_history(alone.info.run_id, metric),
+                                              key=lambda m: m.step)]
+        assert resumed == pytest.approx(left_alone, rel=1e-5), metric
+    assert run.data.metrics["test/acc"] == alone.data.metrics["test/acc"]
 
 
 @pytest.mark.slow

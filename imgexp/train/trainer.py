@@ -111,7 +111,8 @@ class Trainer:
         self.evaluated = self.ema.module if self.ema is not None else self.model  # the weights val/test see
         trained = self.model
         if ranks.world > 1:
-            trained = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            trained = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.index is not None
+                                              else None)
         self.forward = torch.compile(trained) if compile else trained
         self.best_state: Optional[dict] = None  # ranks but 0 keep the best weights here, not in best.pt
         self.eval_forward = torch.compile(self.evaluated) if compile else self.evaluated
@@ -162,6 +163,8 @@ class Trainer:
         self.loss_fn.load_state_dict(state["loss"])
         ranks = state.get("ranks") or []
         own = ranks[self.ranks.rank] if len(ranks) == self.ranks.world else state  # else: rank 0's
+        if self.partial is not None and not self.ranks.main:  # rank 0's holds the interrupted epoch's totals
+            self.partial = {**self.partial, "sums": torch.zeros_like(self.partial["sums"]), "seen": 0}
         if own["loader"] is not None:
             self.train.load_state_dict(own["loader"])
         self._rng = own["rng"]
@@ -219,8 +222,9 @@ class Trainer:
             if step % NAN_CHECK_STEPS == 0 and not torch.isfinite(self.ranks.sum(sums)[0]):
                 raise NonFiniteLossError(f"training loss is not finite in the first {step} steps of {desc}")
             if self.ranks.any(self.stop_signal is not None):  # every rank stops after the same step
-                self.partial |= {"sums": sums, "seen": seen}
-                self._stop(f"in {desc}, after {seen} images")
+                totals = self.ranks.sum(torch.cat([sums, sums.new_tensor([seen])]))
+                self.partial |= {"sums": totals[:2], "seen": int(totals[2].item())}
+                self._stop(f"in {desc}, after {self.partial['seen']} images")
         total_loss, correct, seen, started_at = self.ranks.sum(
             torch.cat([sums, torch.tensor([seen, started_at], device=sums.device, dtype=sums.dtype)])).tolist()
         if not math.isfinite(total_loss):
