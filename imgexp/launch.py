@@ -40,6 +40,11 @@ def slurm_tasks() -> int:
     return int(os.environ.get("SLURM_STEP_NUM_TASKS") or 1)
 
 
+def first_task() -> bool:
+    """Whether this process is the job's first (or only) SLURM task."""
+    return slurm_tasks() == 1 or os.environ["SLURM_PROCID"] == "0"
+
+
 def world_size(cfg: DictConfig) -> int:
     """How many ranks the job runs as: SLURM's tasks, else ``trainer.devices`` (``auto``: every GPU there is
     to claim, one process without); checks that the ranks can run as asked."""

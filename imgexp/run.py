@@ -137,7 +137,8 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Sequence[str] = ()) 
         validate(cfg)  # before the tracking store is opened: a typo costs a second
         world = launch.world_size(cfg)
     except ConfigError:
-        if cfg.tracking.enabled and cfg.tracking.parent_run_id:  # a sweep records its failed jobs
+        # a sweep records its failed jobs (once: by a SLURM job's first task)
+        if cfg.tracking.enabled and cfg.tracking.parent_run_id and launch.first_task():
             with start_run(cfg.tracking.enabled, cfg.tracking.uri, cfg.tracking.experiment, run_name_of(cfg), {},
                            Start.of(cfg, overrides).tags, cfg.tracking.parent_run_id,
                            spool_dir=output_dir / "mlflow_spool", offline_wait_s=cfg.tracking.offline_wait_s):

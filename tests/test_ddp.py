@@ -112,6 +112,20 @@ def test_world_size(compose_cfg, monkeypatch, env_vars, devices, device, world):
     assert world_size(compose_cfg(f"trainer.devices={devices}", f"device={device}")) == world
 
 
+@pytest.mark.parametrize("env_vars,first", [
+    ({}, True), ({"SLURM_PROCID": "0", "SLURM_NTASKS": "4"}, True),
+    ({"SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "2"}, True), ({"SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "2"}, False),
+])
+def test_only_a_jobs_first_slurm_task_records_its_config_error(monkeypatch, env_vars, first):
+    from imgexp.launch import first_task
+
+    for k in ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env_vars.items():
+        monkeypatch.setenv(k, v)
+    assert first_task() is first
+
+
 @pytest.mark.parametrize("args,env_vars,message", [
     (["trainer.devices=0"], {}, "trainer.devices: must be a number >= 1 or auto, got '0'"),
     (["trainer.devices=two"], {}, "trainer.devices: must be a number >= 1 or auto, got 'two'"),
