@@ -245,8 +245,9 @@ def launch_ranks(job: Callable, cfg: DictConfig, output_dir: Path, overrides: Se
     handlers = {s: signal.getsignal(s) for s in FORWARDED}
     method = multiprocessing.get_start_method(allow_none=True)  # loky's, in a joblib launcher's worker: a
     multiprocessing.set_start_method("spawn", force=True)  # spawned rank could not start under that name
-    log.info("%d ranks on this node (torch.distributed, %s)%s", world, "nccl" if gpus else "gloo",
-             f": GPUs {', '.join(map(str, gpus))}" if gpus else "")
+    on_gpus = bool(gpus) and torch.cuda.is_available()
+    log.info("%d ranks on this node (torch.distributed, %s)%s", world, "nccl" if on_gpus else "gloo",
+             f": GPUs {', '.join(map(str, gpus))}" if on_gpus else "")
     fd, outcome_file = tempfile.mkstemp(prefix="imgexp-rank0-", suffix=".json")
     os.close(fd)
     failure: Optional[str] = None  # the first rank to fail, when one did
