@@ -5,7 +5,9 @@
 # channels_last + compile), data on the GPU (target: <= 15 s of training at test/acc >= 0.86);
 # 3. fp32 vs bf16 + channels_last vs trainer=fast, and the bare loop, side by side, 5 epochs;
 # 4. GPU slots: 4 report-D jobs of a parallel sweep, one at a time on the GPU (jobs_per_gpu=1) vs all four on
-# it (jobs_per_gpu=4): the sweep's total images/s; 5. with 2+ GPUs, one run on 1 GPU vs trainer.devices=auto.
+# it (jobs_per_gpu=4): the sweep's total images/s; 5. with 2+ GPUs, one run on 1 GPU vs trainer.devices=auto;
+# 6. the decode-once cache at 224 px: torchvision's pipeline vs imgexp's first pass and later epochs (batches on
+# the GPU), and one ResNet-50 bf16 + channels_last epoch fed from the cache (training images/s).
 # The log goes to stdout and to $OUT/gpu.log when OUT is set (the device tool's output folder).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +18,7 @@ export PYTHONUNBUFFERED=1
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
-  python -m pytest -q -rs tests/test_trainer.py tests/test_augment.py -k "cuda or compile"
+  python -m pytest -q -rs tests/test_trainer.py tests/test_augment.py tests/test_decode_cache.py -k "cuda or compile or gpu"
   python benchmarks/train_speed.py --root "$ROOT" --device cuda --images 45000 --epochs 30 --batch 512 --seeds 0 \
     --no-bare --variants fast --set "${RECIPE[@]}"
   python benchmarks/train_speed.py --root "$ROOT" --device cuda --images 45000 --epochs 5 --batch 512 --seeds 0 \
@@ -44,4 +46,5 @@ print(f'$1: {n:.0f} training images in {t:.1f} s: {n / t:.0f} images/s')" "$IMAG
   else
     echo "one GPU: trainer.devices=auto is one rank here; the multi-GPU comparison needs 2 or more"
   fi
+  python benchmarks/decode_cache.py --images 11000 --workers 8 --device cuda
 } 2>&1 | tee "${OUT:-/tmp}/gpu.log"

@@ -1,5 +1,5 @@
 """Checkpoint files: written atomically (temp file + rename, so a kill never leaves half a file) and
-loaded with ``weights_only=True``. Data (the decode cache) and training both use these."""
+loaded with ``weights_only=True``."""
 from __future__ import annotations
 
 import errno

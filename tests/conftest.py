@@ -26,6 +26,12 @@ def config_options() -> list[tuple[str, str]]:
     return sorted((p.parent.name, p.stem) for p in CONF.glob("*/*.yaml"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def decode_cache_home(tmp_path_factory):
+    """The decode cache's default folder (under $XDG_CACHE_HOME) in a temp dir, not the user's home."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+
+
 @pytest.fixture
 def compose_cfg():
     """compose_cfg(*overrides) -> the DictConfig ``python -m imgexp <overrides>`` would run."""

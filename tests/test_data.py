@@ -73,13 +73,17 @@ def test_catsdogs_flat_folder_skips_empty_and_corrupt_files(compose_cfg, tmp_pat
     assert total == 24
 
 
-def test_large_images_stream_from_files_and_skip_corrupt_mid_epoch(compose_cfg, tmp_path, caplog):
+def test_images_past_the_cache_limit_stream_from_files_and_skip_corrupt_mid_epoch(compose_cfg, tmp_path, caplog):
     root = class_tree(tmp_path / "big", splits=("train",), per_class=8, size=80)
     (root / "train" / "ant" / "bad.png").write_bytes(b"\x89PNG broken")
     cfg = data_cfg(compose_cfg, "data=imagefolder", f"data.root={root}", "batch=4", "data.num_workers=0",
-                   "normalization=rescale")
-    data = build_from(cfg)
+                   "normalization=rescale", "data.cache_max_gb=0.0001", f"data.cache_dir={tmp_path / 'c'}")
+    with caplog.at_level(logging.INFO):
+        data = build_from(cfg)
     assert isinstance(data.train, StreamLoader) and data.info.height == 80
+    assert "over data.cache_max_gb=0.0001: streaming 25 files from disk" in caplog.text
+    assert not (tmp_path / "c").exists()
+    caplog.clear()
     with caplog.at_level(logging.WARNING):
         n = sum(len(y) for _, y in data.train) + sum(len(y) for _, y in data.val) + sum(len(y) for _, y in data.test)
     assert n == 24  # 25 files, the broken one skipped
@@ -118,12 +122,12 @@ def test_decoded_images_are_cached(compose_cfg, tmp_path, monkeypatch):
     root = class_tree(tmp_path / "imgs")
     args = ("data=imagefolder", f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}")
     first = all_batches(build_from(data_cfg(compose_cfg, *args)).test)
-    assert len(list((tmp_path / "cache").glob("*.pt"))) == 3  # train, val and test
+    assert len(list((tmp_path / "cache").glob("*.u8"))) == 3  # train, val and test
 
     def no_decoding(*a, **k):
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(imgexp.data.decode, "decode_files", no_decoding)
+    monkeypatch.setattr(imgexp.data.decode, "read_image", no_decoding)
     second = all_batches(build_from(data_cfg(compose_cfg, *args)).test)
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
 

@@ -184,11 +184,11 @@ def test_folder_warnings_appear_once(compose_cfg, tmp_path, caplog):
 def test_damaged_decode_cache_is_rebuilt(compose_cfg, tmp_path, caplog, monkeypatch):
     root = class_tree(tmp_path / "tree")
     first = all_batches(build_data(compose_cfg, root, tmp_path).test)
-    caches = sorted((tmp_path / "cache").glob("*.pt"))
+    caches = sorted((tmp_path / "cache").glob("*.u8"))
     assert len(caches) == 3
     caches[0].write_bytes(b"garbage" * 100)
     caches[1].write_bytes(caches[1].read_bytes()[:200])  # truncated
-    caches[2].write_bytes(b"")
+    caches[2].with_suffix(".json").write_text('{"shape": [3, 1')  # its description cut short
     with caplog.at_level(logging.WARNING):
         second = all_batches(build_data(compose_cfg, root, tmp_path).test)
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
@@ -199,6 +199,6 @@ def test_damaged_decode_cache_is_rebuilt(compose_cfg, tmp_path, caplog, monkeypa
     def no_decoding(*a, **k):
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(imgexp.data.decode, "decode_files", no_decoding)  # the rebuilt files are read back
+    monkeypatch.setattr(imgexp.data.decode, "read_image", no_decoding)  # the rebuilt files are read back
     third = all_batches(build_data(compose_cfg, root, tmp_path).test)
     assert torch.equal(first[0], third[0])

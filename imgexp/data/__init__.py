@@ -1,6 +1,6 @@
-"""Data: a source lists or loads images, the splits are stratified, small images are decoded once into
-(device) memory, large ones stream through DataLoader workers; batches are augmented and normalized on
-the training device."""
+"""Data: a source lists or loads images, the splits are stratified, image files are decoded once into the
+decode cache (small images are then held in (device) memory, larger ones memory-mapped; files the cache
+cannot hold stream through DataLoader workers); batches are augmented and normalized on the training device."""
 from __future__ import annotations
 
 import logging
@@ -13,8 +13,9 @@ import torch.nn.functional as F
 
 from imgexp.config import ConfigError
 from imgexp.data import digits, folders, synthetic, torchvision_sets  # noqa: F401  (register the sources)
-from imgexp.data.augment import build_augment
-from imgexp.data.decode import decode_cached, decode_files, majority_geometry
+from imgexp.data.augment import build_augment, center_crop
+from imgexp.data.cache import Cached, cache_bytes, cached_images
+from imgexp.data.decode import decode_files, majority_geometry
 from imgexp.data.loader import Shard, StreamLoader, TensorLoader
 from imgexp.data.normalize import channel_stats
 from imgexp.data.sources import SOURCES, Files, Images, Samples, Source, load_source, register_source
@@ -23,7 +24,7 @@ from imgexp.data.split import stratified_split, stratified_subset
 __all__ = ["Data", "DataInfo", "Files", "Images", "SOURCES", "Shard", "Source", "StreamLoader", "TensorLoader", "build",
            "register_source"]
 log = logging.getLogger(__name__)
-STATS_SAMPLE = 2000  # images decoded to estimate mean/std of a streamed train split
+STATS_SAMPLE = 2000  # images that estimate mean/std of a mapped or streamed train split
 Loader = Union[TensorLoader, StreamLoader]
 
 
@@ -81,9 +82,10 @@ def geometry(train: Samples, cfg) -> tuple[tuple[int, int], int]:
     return size, cfg.channels or int(channels)
 
 
-def drop_empty_classes(parts: tuple[Images, ...], names: list[str]) -> tuple[tuple[Images, ...], list[str]]:
+def drop_empty_classes(parts: tuple, names: list[str]) -> tuple[tuple, list[str]]:
     """Leave out, with one warning naming them, the classes with no readable training image (their files
-    all failed to decode): they would be classes the model can never learn."""
+    all failed to decode): they would be classes the model can never learn. (The kept images of a mapped
+    split are then held in memory.)"""
     present = torch.bincount(parts[0].y, minlength=len(names)) > 0
     if present.all():
         return parts, names
@@ -125,60 +127,89 @@ def convert(images: Images, size: tuple[int, int], channels: int) -> Images:
     return Images(x.contiguous(), images.y)
 
 
+def fits_cache(parts: tuple[Samples, ...], size: tuple[int, int], channels: int, cfg) -> bool:
+    """Whether the splits' files, decoded, stay within ``data.cache_max_gb`` (else one line: they stream)."""
+    files = [p for p in parts if isinstance(p, Files)]
+    need = sum(cache_bytes(p, size, channels) for p in files)
+    if need <= cfg.cache_max_gb * 1e9:
+        return True
+    log.info("decoded images would take %.3g GB, over data.cache_max_gb=%g: streaming %d files from disk",
+             need / 1e9, cfg.cache_max_gb, sum(len(p.y) for p in files))
+    return False
+
+
+def decoded(samples: Samples, size: tuple[int, int], channels: int, cfg, cache: bool) -> tuple[Samples, int, int]:
+    """A split decoded at ``size`` and ``channels``: in-memory images converted; files through the decode
+    cache (when ``cache``), held in memory when no larger than ``cfg.in_memory_max_px``, else mapped
+    (:class:`Cached`), or left as files to stream. Also how many files were skipped (unreadable) and
+    converted (another size or mode)."""
+    if isinstance(samples, Images):
+        return convert(samples, size, channels), 0, 0
+    cached = cached_images(samples, size, channels, cfg.num_workers, cfg.cache_dir) if cache else None
+    if cached is None:
+        return samples, 0, 0
+    if max(size) <= cfg.in_memory_max_px:
+        return Images(cached.x.clone(), cached.y), cached.skipped, cached.converted
+    return cached, cached.skipped, cached.converted
+
+
 def build(data_cfg, aug_cfg, norm_cfg, batch: int, seed: int, device: torch.device, shard: Shard = Shard()) -> Data:
     """Load ``data_cfg``'s source, split and subset it, and return loaders that yield augmented (train)
     and normalized batches on ``device``: rank ``shard.rank``'s part of each training batch of ``batch``
-    images, and its block of the val and test splits."""
+    images, and its block of the val and test splits. Images are stored at ``data.cache_size`` where it is
+    set, and cropped to ``data.image_size`` in every batch."""
     source = load_source(data_cfg)
     parts = split(source, data_cfg)
     if data_cfg.subset is not None:
         parts = subset(parts, data_cfg.subset, data_cfg.split_seed)
     size, channels = geometry(parts[0], data_cfg)
-    stream = isinstance(parts[0], Files) and max(size) > data_cfg.in_memory_max_px
+    stored = (data_cfg.cache_size,) * 2 if data_cfg.cache_size else size
+    files = sum(len(p.y) for p in parts if isinstance(p, Files))
+    cache = fits_cache(parts, stored, channels, data_cfg)
+    parts, bad, odd = zip(*(decoded(p, stored, channels, data_cfg, cache) for p in parts))
+    if sum(bad):
+        log.warning("skipped %d unreadable image files of %d", sum(bad), files)
+    if sum(odd):
+        log.info("converted %d of %d images to %dx%dx%d (their size or mode differed)", sum(odd), files,
+                 channels, *stored)
     class_names = list(source.class_names)
-    if not stream:
-        files = sum(len(p.y) for p in parts if isinstance(p, Files))
-        decoded = [(convert(p, size, channels), 0, 0) if isinstance(p, Images)
-                   else decode_cached(p, size, channels, data_cfg.num_workers, data_cfg.cache_dir) for p in parts]
-        parts = tuple(images for images, _, _ in decoded)
-        bad, odd = (sum(d[i] for d in decoded) for i in (1, 2))
-        if bad:
-            log.warning("skipped %d unreadable image files of %d", bad, files)
-        if odd:
-            log.info("converted %d of %d images to %dx%dx%d (their size or mode differed)", odd, files,
-                     channels, *size)
+    if not any(isinstance(p, Files) for p in parts):
         parts, class_names = drop_empty_classes(parts, class_names)
     require_two_classes(parts[0], class_names, data_cfg)
     log_test_coverage(parts[2], class_names)
     train = parts[0]
-    if isinstance(train, Files):
-        sample = stratified_subset(labels(train), min(STATS_SAMPLE, len(train.y)), seed)
-        stats_x = decode_files(train.take(sample), size, channels, data_cfg.num_workers)[0].x
-    else:
+    if isinstance(train, Images):
         stats_x = train.x
+    else:
+        sample = stratified_subset(labels(train), min(STATS_SAMPLE, len(train.y)), seed)
+        stats_x = (train.x.index_select(0, torch.as_tensor(sample)) if isinstance(train, Cached)
+                   else decode_files(train.take(sample), stored, channels, data_cfg.num_workers)[0].x)
     mean, std = (t.to(device) for t in channel_stats(norm_cfg.name, stats_x))
-    augment = build_augment(aug_cfg, seed + 7919 * shard.rank, device)  # each rank draws its own augmentations
+    augment = build_augment(aug_cfg, seed + 7919 * shard.rank, device, size)  # each rank its own augmentations
 
     def normalize(x: torch.Tensor) -> torch.Tensor:
-        return (x.float() - mean) / std
+        return center_crop(x, size).to(torch.float32, copy=True).sub_(mean).div_(std)
 
     def augment_normalize(x: torch.Tensor) -> torch.Tensor:
-        return (augment(x.float()) - mean) / std
+        return augment(x.float()).sub_(mean).div_(std)
 
     def loader(samples: Samples, is_train: bool) -> Loader:
         augmented = is_train and augment is not None
         transform, rngs = (augment_normalize, [augment.generator]) if augmented else (normalize, [])
         size_ = batch
         if not is_train and shard.world > 1:  # this rank's block, in batches as large as its training ones
-            samples, size_ = samples.take(shard.rows(len(samples.y)).numpy()), -(-batch // shard.world)
+            rows, size_ = shard.rows(len(samples.y)), -(-batch // shard.world)
+            samples = samples.block(rows) if isinstance(samples, Cached) else samples.take(rows.numpy())
         if isinstance(samples, Files):
-            return StreamLoader(samples, size, channels, size_, transform, device, data_cfg.num_workers,
+            return StreamLoader(samples, stored, channels, size_, transform, device, data_cfg.num_workers,
                                 shuffle=is_train, seed=seed, rngs=rngs, shard=shard)
-        return TensorLoader(samples.x.to(device), samples.y.to(device), size_, transform, shuffle=is_train,
-                            seed=seed, rngs=rngs, shard=shard)
+        x, y = (samples.images, samples.y) if isinstance(samples, Cached) else (samples.x.to(device), samples.y.to(device))
+        return TensorLoader(x, y, size_, transform, shuffle=is_train, seed=seed, rngs=rngs, shard=shard, device=device)
 
-    log.info("data %s: %d train / %d val / %d test images, %dx%dx%d, %s", data_cfg.name,
-             *(len(p.y) for p in parts), channels, *size, "streamed from files" if stream else "in memory")
+    where = ("streamed from files" if isinstance(train, Files) else "memory-mapped from the decode cache"
+             if isinstance(train, Cached) else "in memory")
+    log.info("data %s: %d train / %d val / %d test images, %dx%dx%d%s, %s", data_cfg.name, *(len(p.y) for p in parts),
+             channels, *size, f" (stored {stored[0]}x{stored[1]})" if stored != size else "", where)
     dropped = len(train.y) % batch
     if shard.world > 1 and shard.rank == 0:
         each = f"{batch // shard.world}" + (f"-{-(-batch // shard.world)}" if batch % shard.world else "")

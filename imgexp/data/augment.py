@@ -1,11 +1,13 @@
 """Batched augmentation on the training device: random parameters per sample, one op per batch.
 
-Every transform of a config (rotation, shift, shear, zoom, flips, pad-and-crop) is composed into one
-2x3 matrix per sample that maps output pixels to input pixels, as Keras' ``ImageDataGenerator`` does;
-the whole batch is then resampled by a single bilinear ``grid_sample``.
+Every transform of a config (random resized crop, rotation, shift, shear, zoom, flips, pad-and-crop) is
+composed into one 2x3 matrix per sample that maps output pixels to input pixels, as Keras'
+``ImageDataGenerator`` does; the whole batch is then resampled by a single bilinear ``grid_sample``, at the
+output size (smaller than the input where the images are stored larger than they are trained on).
 """
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from typing import Callable, Optional
 
@@ -42,6 +44,37 @@ def random_affine(cfg, n: int, height: int, width: int, generator: torch.Generat
     return torch.stack(rows, 1).view(n, 2, 3).float()
 
 
+def resized_crops(cfg, n: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+    """(n, 2, 3) maps from a crop's normalized coordinates to the input's: crops drawn per sample as
+    torchvision's ``RandomResizedCrop`` draws them (area fraction uniform in ``cfg.crop_scale``, aspect
+    log-uniform in ``cfg.crop_ratio``, whole pixels, 10 tries; failing those, the centre crop nearest the
+    ratio range). 22 uniforms per sample."""
+    u = torch.rand(n, 22, generator=generator, dtype=torch.float64)
+    (s0, s1), (r0, r1) = cfg.crop_scale, cfg.crop_ratio
+    area = height * width * (s0 + (s1 - s0) * u[:, :10])
+    aspect = torch.exp(math.log(r0) + (math.log(r1) - math.log(r0)) * u[:, 10:20])
+    w, h = torch.round(torch.sqrt(area * aspect)), torch.round(torch.sqrt(area / aspect))
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = ok.long().argmax(1, keepdim=True)  # the first try that fits
+    found = ok.any(1)
+    ratio = width / height
+    fw, fh = (width, round(width / r0)) if ratio < r0 else (round(height * r1), height) if ratio > r1 else (width, height)
+    w = torch.where(found, w.gather(1, first)[:, 0], float(fw))
+    h = torch.where(found, h.gather(1, first)[:, 0], float(fh))
+    top = torch.where(found, torch.floor(u[:, 20] * (height - h + 1)), torch.div(height - h, 2, rounding_mode="floor"))
+    left = torch.where(found, torch.floor(u[:, 21] * (width - w + 1)), torch.div(width - w, 2, rounding_mode="floor"))
+    zero = torch.zeros_like(w)
+    rows = [w / width, zero, (2 * left + w) / width - 1, zero, h / height, (2 * top + h) / height - 1]
+    return torch.stack(rows, 1).view(n, 2, 3).float()
+
+
+def center_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The centre ``size`` (H, W) of a batch (torchvision's ``CenterCrop``); the batch itself if that is its size."""
+    h, w = x.shape[-2:]
+    top, left = int(round((h - size[0]) / 2.0)), int(round((w - size[1]) / 2.0))
+    return x[..., top : top + size[0], left : left + size[1]]
+
+
 @lru_cache(maxsize=8)
 def pixel_centres(height: int, width: int, device: torch.device) -> torch.Tensor:
     """(H, W, 2) normalized (x, y) of the pixel centres, as ``affine_grid(align_corners=False)`` uses."""
@@ -49,24 +82,36 @@ def pixel_centres(height: int, width: int, device: torch.device) -> torch.Tensor
     return torch.stack([xs.expand(height, width), ys[:, None].expand(height, width)], -1)
 
 
-def build_augment(cfg, seed: int, device: torch.device) -> Optional[BatchAugment]:
-    """A function mapping float (N, C, H, W) batches in 0..255 to augmented ones, or None for no-op configs.
+def build_augment(cfg, seed: int, device: torch.device, size: Optional[tuple[int, int]] = None
+                  ) -> Optional[BatchAugment]:
+    """A function mapping float (N, C, H, W) batches in 0..255 to augmented ones of ``size`` (H, W; default:
+    the input's), or None for no-op configs. Without a random resized crop, a larger input is first cut to
+    its centre ``size``.
 
     Parameters come from a CPU generator seeded with ``seed``, the function's ``generator`` attribute (the
     same stream whatever ``device`` the batches are on; the matrices follow each batch to its device);
     ``cfg.fill`` says what enters from outside the image: 0 (constant), the edge pixel (nearest) or
     the mirror image (reflect).
     """
-    if not any((cfg.rotation, cfg.translate, cfg.shear, cfg.zoom, cfg.hflip, cfg.vflip, cfg.crop_padding)):
+    if not any((cfg.rotation, cfg.translate, cfg.shear, cfg.zoom, cfg.hflip, cfg.vflip, cfg.crop_padding,
+                cfg.crop_scale)):
         return None
     cfg = AugmentationConfig(**cfg)  # plain attributes: each DictConfig read costs ~25 us, every batch
     generator = torch.Generator().manual_seed(seed)
     padding_mode = PADDING_MODES[cfg.fill]
 
     def augment(x: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = x.shape
-        theta = random_affine(cfg, n, h, w, generator).to(x.device)
-        # = F.affine_grid(theta, x.shape, align_corners=False), several times faster on CPU
+        n = len(x)
+        h, w = size or x.shape[-2:]
+        if not cfg.crop_scale:
+            x = center_crop(x, (h, w))
+        theta = random_affine(cfg, n, h, w, generator)
+        if cfg.crop_scale:  # then take the output frame to the crop's place in the input
+            crop = resized_crops(cfg, n, *x.shape[-2:], generator)
+            theta = crop[:, :, :2] @ theta  # [S A | S t], then + T
+            theta[:, :, 2] += crop[:, :, 2]
+        theta = theta.to(x.device)
+        # = F.affine_grid(theta, (n, c, h, w), align_corners=False), several times faster on CPU
         grid = torch.einsum("hwj,nij->nhwi", pixel_centres(h, w, x.device), theta[:, :, :2])
         grid = (grid + theta[:, None, None, :, 2]).to(x.dtype)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)

@@ -1,12 +1,9 @@
-"""Decoding image files: per file with PIL (resize, channel conversion), in parallel worker processes,
-and once per file list into a uint8 tensor cached on disk. Unreadable files are skipped and counted."""
+"""Decoding image files: per file with PIL (resize, channel conversion), in parallel worker processes.
+Unreadable files are skipped and counted."""
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 from collections import Counter
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -15,10 +12,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from imgexp.data.sources import Files, Images
-from imgexp.checkpoint import DiskFull, load, save_atomic
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = "1"
 
 
 def read_image(path: str, size: tuple[int, int], channels: int) -> tuple[Optional[torch.Tensor], bool]:
@@ -124,51 +119,3 @@ def decode_files(files: Files, size: tuple[int, int], channels: int, num_workers
     if not xs:
         raise ValueError(f"none of the {len(files.paths)} image files could be decoded")
     return Images(torch.cat(xs), torch.cat(ys)), bad, odd
-
-
-def cache_key(files: Files, size: tuple[int, int], channels: int) -> str:
-    """Hash of the file list (paths, sizes, modification times), labels and decode settings."""
-    h = hashlib.sha1(f"{CACHE_VERSION}|{size}|{channels}".encode())
-    for path, label in zip(files.paths, files.y.tolist()):
-        st = os.stat(path)
-        h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}|{label}\n".encode())
-    return h.hexdigest()
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "imgexp"
-
-
-def decode_cached(
-    files: Files, size: tuple[int, int], channels: int, num_workers: int, cache_dir: Optional[str]
-) -> tuple[Images, int, int]:
-    """Decode once, then reuse: the tensors (and the counts :func:`decode_files` returns) are saved under
-    the cache dir keyed by :func:`cache_key`; a damaged cache file is decoded again and replaced."""
-    path = Path(cache_dir or default_cache_dir()) / f"{cache_key(files, size, channels)}.pt"
-    cached = read_cache(path) if path.exists() else None
-    if cached is not None:
-        return cached
-    images, bad, odd = decode_files(files, size, channels, num_workers)
-    try:
-        save_atomic({"x": images.x, "y": images.y, "skipped": bad, "converted": odd}, path)
-    except DiskFull as err:
-        log.warning("decode cache not written, going on without it: %s", err)
-        return images, bad, odd
-    log.info("decoded %d images (%dx%dx%d) into the cache %s", len(images.y), channels, *size, path)
-    return images, bad, odd
-
-
-def read_cache(path: Path) -> Optional[tuple[Images, int, int]]:
-    """What :func:`decode_cached` saved at ``path``; None, with a warning naming it, when it is damaged."""
-    try:
-        saved = load(path)
-        return Images(saved["x"], saved["y"]), saved.get("skipped", 0), saved.get("converted", 0)
-    except Exception as err:  # noqa: BLE001 - whatever torch.load or the lookups raise, the file is no cache
-        log.warning("decode cache %s is damaged (%s): decoding again", path, first_sentence(err))
-        return None
-
-
-def first_sentence(err: BaseException) -> str:
-    """``Type: first sentence`` of an error (torch's load errors run to a paragraph)."""
-    lines = str(err).strip().split(". ")[0].splitlines()
-    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__

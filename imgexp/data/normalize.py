@@ -15,9 +15,14 @@ def channel_stats(name: str, train_x: torch.Tensor) -> tuple[torch.Tensor, torch
         mean, std = torch.zeros(c), torch.ones(c)
     elif name == "rescale":
         mean, std = torch.zeros(c), torch.full((c,), 255.0)
-    elif name == "standardize":
-        flat = train_x.transpose(0, 1).reshape(c, -1).double()
-        mean, std = flat.mean(1).float(), flat.std(1).float().clamp_min(1e-6)
+    elif name == "standardize":  # sums over chunks of images: float64 copies of the whole set would be 8x its size
+        n, total, squares = 0, torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64)
+        for chunk in train_x.split(256):
+            flat = chunk.transpose(0, 1).reshape(c, -1).double()
+            n, total, squares = n + flat.shape[1], total + flat.sum(1), squares + flat.square().sum(1)
+        mean64 = total / n
+        var = (squares - n * mean64.square()) / max(n - 1, 1)
+        mean, std = mean64.float(), var.clamp_min(0).sqrt().float().clamp_min(1e-6)
     elif name == "imagenet":
         mean = torch.tensor(IMAGENET_MEAN[:c] if c == 3 else [sum(IMAGENET_MEAN) / 3] * c) * 255
         std = torch.tensor(IMAGENET_STD[:c] if c == 3 else [sum(IMAGENET_STD) / 3] * c) * 255

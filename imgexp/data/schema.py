@@ -2,7 +2,7 @@
 conf/normalization/)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import List, Optional
 
 from omegaconf import MISSING
@@ -23,8 +23,11 @@ class DataConfig:
     image_size: Optional[int] = None  # resize to image_size x image_size; None keeps the source's size
     channels: Optional[int] = None  # 1 or 3: convert (RGB <-> luminance); None keeps the source's
     num_workers: int = 2  # decoding processes
-    in_memory_max_px: int = 64  # images up to this size are decoded once and kept in memory
-    cache_dir: Optional[str] = None  # decoded-image cache; None: $XDG_CACHE_HOME/imgexp or ~/.cache/imgexp
+    in_memory_max_px: int = 64  # images up to this size are held in (device) memory; larger ones are mapped
+    cache_dir: Optional[str] = None  # decode-once cache; None: $XDG_CACHE_HOME/imgexp or ~/.cache/imgexp
+    cache_max_gb: float = 20.0  # a split whose decoded images would take more streams from its files
+    cache_size: Optional[int] = None  # store images this large (>= image_size): training crops image_size
+    # out of them (augmentation=resized_crop_flip: random, else the centre), evaluation the centre
 
     def __post_init__(self) -> None:
         for key in ("val_fraction", "test_fraction"):
@@ -34,6 +37,9 @@ class DataConfig:
         require(self.image_size is None or self.image_size > 0, "image_size", "must be > 0")
         require(self.channels in (None, 1, 3), "channels", f"must be 1 or 3, got {self.channels}")
         require(self.num_workers >= 0, "num_workers", "must be >= 0")
+        require(self.cache_max_gb >= 0, "cache_max_gb", "must be >= 0")
+        require(self.cache_size is None or (self.image_size is not None and self.cache_size >= self.image_size),
+                "cache_size", f"must be >= data.image_size ({self.image_size}), which must be set")
 
 
 @dataclass
@@ -80,6 +86,8 @@ class AugmentationConfig:
     hflip: bool = False
     vflip: bool = False
     crop_padding: int = 0  # pad by this many pixels, then take a random crop of the original size
+    crop_scale: Optional[List[float]] = None  # random resized crop: area fraction range, e.g. [0.08, 1.0]
+    crop_ratio: List[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # its aspect ratio range
     fill: str = "constant"  # outside the image: constant (0), nearest (edge pixel, Keras' default), reflect
 
     def __post_init__(self) -> None:
@@ -87,6 +95,10 @@ class AugmentationConfig:
             require(getattr(self, key) >= 0, key, "must be >= 0")
         require(self.zoom < 1.0, "zoom", "must be < 1")
         require(self.crop_padding >= 0, "crop_padding", "must be >= 0")
+        require(self.crop_scale is None or (len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1),
+                "crop_scale", f"must be [low, high] with 0 < low <= high <= 1, got {self.crop_scale}")
+        require(len(self.crop_ratio) == 2 and 0 < self.crop_ratio[0] <= self.crop_ratio[1], "crop_ratio",
+                f"must be [low, high] with 0 < low <= high, got {self.crop_ratio}")
         require_choice(self.fill, ("constant", "nearest", "reflect"), "fill")
 
 
