@@ -1,7 +1,8 @@
-"""The process's torch settings for a run: device, seeds, determinism or cudnn autotuning, TF32, and a
-check that the platform can do what ``cfg.trainer`` asks (fp16, torch.compile)."""
+"""The process's settings for a run: device, seeds, determinism or cudnn autotuning, TF32, freed memory
+kept for reuse, and a check that the platform can do what ``cfg.trainer`` asks (fp16, torch.compile)."""
 from __future__ import annotations
 
+import ctypes
 import os
 import random
 import shutil
@@ -48,6 +49,24 @@ def configure_torch(trainer, device: torch.device) -> None:
     torch.backends.cudnn.deterministic = trainer.deterministic
     torch.backends.cudnn.benchmark = not trainer.deterministic
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = trainer.tf32
+    keep_freed_memory()
+
+
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt() parameters
+
+
+def keep_freed_memory() -> None:
+    """Have glibc keep freed memory for the next allocation rather than give it back to the OS. By default
+    every block over 32 MB is a mapping of its own, so every batch-sized CPU tensor (a batch of 128 at
+    224 px is 77 MB in float32) is fresh pages that fault on first touch, which costs 2-4x the op itself
+    (PyTorch's CPU tuning guide gets the same from jemalloc or tcmalloc). The peak memory is unchanged;
+    memory freed after it is kept. No-op without glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(M_MMAP_MAX, 0)
+    libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
 
 
 def compile_unsupported(device: torch.device) -> Optional[str]:

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from imgexp.config import ConfigError, validate
 from imgexp.data.schema import AugmentationConfig
-from imgexp.data.augment import build_augment, random_affine
+from imgexp.data.augment import build_augment, random_affine, resample_axes
 
 from conftest import config_options, run_cli
 
@@ -116,3 +116,19 @@ def test_cli_trains_with_augmentation(tmp_path):
     proc = run_cli("augmentation=keras_like", "augmentation.shear=11.5", "epochs=1", "data.subset=300",
                    "tracking=none", "analysis=none", "progress=false", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("mode", ["zeros", "border", "reflection"])
+def test_resampling_rows_then_columns_equals_grid_sample(mode):
+    """Crops, flips, shifts and zoom (no rotation or shear) take the separable path: the same pixels as
+    grid_sample, from uint8 or float input, including what enters from outside the image."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (16, 3, 40, 30), generator=g, dtype=torch.uint8)
+    theta = torch.zeros(16, 2, 3)
+    theta[:, 0, 0] = torch.rand(16, generator=g) * 2.4 - 1.2  # flips and zoom in or out, per sample
+    theta[:, 1, 1] = torch.rand(16, generator=g) * 1.4 + 0.1
+    theta[:, :, 2] = torch.rand(16, 2, generator=g) * 1.2 - 0.6  # shifted partly out of the image
+    expected = F.grid_sample(x.float(), F.affine_grid(theta, (16, 3, 24, 20), align_corners=False), mode="bilinear",
+                             padding_mode=mode, align_corners=False)
+    for source in (x, x.float()):
+        torch.testing.assert_close(resample_axes(source, theta, (24, 20), mode), expected, atol=2e-3, rtol=0)

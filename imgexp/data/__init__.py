@@ -182,7 +182,7 @@ def build(data_cfg, aug_cfg, norm_cfg, batch: int, seed: int, device: torch.devi
         stats_x = train.x
     else:
         sample = stratified_subset(labels(train), min(STATS_SAMPLE, len(train.y)), seed)
-        stats_x = (train.x.index_select(0, torch.as_tensor(sample)) if isinstance(train, Cached)
+        stats_x = (train.images.take(torch.as_tensor(sample)) if isinstance(train, Cached)
                    else decode_files(train.take(sample), stored, channels, data_cfg.num_workers)[0].x)
     mean, std = (t.to(device) for t in channel_stats(norm_cfg.name, stats_x))
     augment = build_augment(aug_cfg, seed + 7919 * shard.rank, device, size)  # each rank its own augmentations
@@ -191,7 +191,7 @@ def build(data_cfg, aug_cfg, norm_cfg, batch: int, seed: int, device: torch.devi
         return center_crop(x, size).to(torch.float32, copy=True).sub_(mean).div_(std)
 
     def augment_normalize(x: torch.Tensor) -> torch.Tensor:
-        return augment(x.float()).sub_(mean).div_(std)
+        return augment(x).sub_(mean).div_(std)
 
     def loader(samples: Samples, is_train: bool) -> Loader:
         augmented = is_train and augment is not None

@@ -2,8 +2,10 @@
 
 Every transform of a config (random resized crop, rotation, shift, shear, zoom, flips, pad-and-crop) is
 composed into one 2x3 matrix per sample that maps output pixels to input pixels, as Keras'
-``ImageDataGenerator`` does; the whole batch is then resampled by a single bilinear ``grid_sample``, at the
-output size (smaller than the input where the images are stored larger than they are trained on).
+``ImageDataGenerator`` does; the whole batch is then resampled bilinearly at once, at the output size
+(smaller than the input where the images are stored larger than they are trained on): by ``grid_sample``
+when the matrices rotate or shear, else (crops, flips, shifts, zoom) row by row and column by column
+(:func:`resample_axes`), the same result 2-3x faster on a CPU.
 """
 from __future__ import annotations
 
@@ -75,6 +77,47 @@ def center_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x[..., top : top + size[0], left : left + size[1]]
 
 
+def source_pixels(coords: torch.Tensor, size: int, padding_mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For normalized input coordinates ``coords`` (n, m) along an axis of ``size`` pixels: the two pixels
+    each output pixel blends and their weights, as ``grid_sample(align_corners=False)`` computes them
+    (zeros: a pixel outside the image weighs 0; border: coordinates clipped; reflection: mirrored)."""
+    p = ((coords + 1) * size - 1) / 2
+    if padding_mode == "reflection":  # about -0.5 and size - 0.5, as torch's reflect_coordinates
+        p = (p + 0.5).abs()
+        flips, extra = torch.div(p, size, rounding_mode="floor"), torch.remainder(p, size)
+        p = torch.where(flips % 2 == 0, extra, size - extra) - 0.5
+    if padding_mode != "zeros":
+        p = p.clamp(0, size - 1)
+    i0 = torch.floor(p)
+    w1 = p - i0
+    w0, i1 = 1 - w1, i0 + 1
+    if padding_mode == "zeros":
+        w0, w1 = w0 * ((i0 >= 0) & (i0 < size)), w1 * ((i1 >= 0) & (i1 < size))
+    clamp = (lambda i: i.clamp(0, size - 1).long())
+    return clamp(i0), clamp(i1), w0.float(), w1.float()
+
+
+def resample_axes(x: torch.Tensor, theta: torch.Tensor, size: tuple[int, int], padding_mode: str) -> torch.Tensor:
+    """``grid_sample(x, affine grid of theta, bilinear, align_corners=False)`` at ``size`` for matrices
+    without rotation or shear (``theta[:, 0, 1] == theta[:, 1, 0] == 0``): rows are picked (one
+    ``index_select`` of whole rows, uint8 or float ``x``) and blended, then columns; float out."""
+    n, c, h, w = x.shape
+    ys, xs = ((torch.arange(s, device=x.device, dtype=theta.dtype) * 2 + 1) / s - 1 for s in size)
+    r0, r1, v0, v1 = source_pixels(theta[:, 1, 1:2] * ys + theta[:, 1, 2:3], h, padding_mode)
+    first = (torch.arange(n * c, device=x.device).view(n, c, 1) * h)  # row 0 of each image's channel
+
+    def rows(r: torch.Tensor) -> torch.Tensor:
+        return x.reshape(n * c * h, w).index_select(0, (first + r[:, None, :]).flatten()).view(n, c, size[0], w).float()
+
+    x = rows(r0).mul_(v0[:, None, :, None]).addcmul_(rows(r1), v1[:, None, :, None])
+    c0, c1, u0, u1 = source_pixels(theta[:, 0, 0:1] * xs + theta[:, 0, 2:3], w, padding_mode)
+
+    def cols(i: torch.Tensor) -> torch.Tensor:
+        return x.gather(3, i[:, None, None, :].expand(n, c, size[0], size[1]))
+
+    return cols(c0).mul_(u0[:, None, None, :]).addcmul_(cols(c1), u1[:, None, None, :])
+
+
 @lru_cache(maxsize=8)
 def pixel_centres(height: int, width: int, device: torch.device) -> torch.Tensor:
     """(H, W, 2) normalized (x, y) of the pixel centres, as ``affine_grid(align_corners=False)`` uses."""
@@ -84,8 +127,8 @@ def pixel_centres(height: int, width: int, device: torch.device) -> torch.Tensor
 
 def build_augment(cfg, seed: int, device: torch.device, size: Optional[tuple[int, int]] = None
                   ) -> Optional[BatchAugment]:
-    """A function mapping float (N, C, H, W) batches in 0..255 to augmented ones of ``size`` (H, W; default:
-    the input's), or None for no-op configs. Without a random resized crop, a larger input is first cut to
+    """A function mapping (N, C, H, W) batches in 0..255 (uint8 or float) to augmented float ones of ``size``
+    (H, W; default: the input's), or None for no-op configs. Without a random resized crop, a larger input is first cut to
     its centre ``size``.
 
     Parameters come from a CPU generator seeded with ``seed``, the function's ``generator`` attribute (the
@@ -99,6 +142,7 @@ def build_augment(cfg, seed: int, device: torch.device, size: Optional[tuple[int
     cfg = AugmentationConfig(**cfg)  # plain attributes: each DictConfig read costs ~25 us, every batch
     generator = torch.Generator().manual_seed(seed)
     padding_mode = PADDING_MODES[cfg.fill]
+    axis_aligned = not (cfg.rotation or cfg.shear)
 
     def augment(x: torch.Tensor) -> torch.Tensor:
         n = len(x)
@@ -111,9 +155,12 @@ def build_augment(cfg, seed: int, device: torch.device, size: Optional[tuple[int
             theta = crop[:, :, :2] @ theta  # [S A | S t], then + T
             theta[:, :, 2] += crop[:, :, 2]
         theta = theta.to(x.device)
+        if axis_aligned:
+            return resample_axes(x, theta, (h, w), padding_mode)
+        x = x.float()
         # = F.affine_grid(theta, (n, c, h, w), align_corners=False), several times faster on CPU
         grid = torch.einsum("hwj,nij->nhwi", pixel_centres(h, w, x.device), theta[:, :, :2])
-        grid = (grid + theta[:, None, None, :, 2]).to(x.dtype)
+        grid = grid + theta[:, None, None, :, 2]
         return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
 
     augment.generator = generator  # type: ignore[attr-defined]  (checkpointed with the training loader)

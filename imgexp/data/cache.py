@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = "2"
 RESIZE = "PIL bilinear"  # how read_image resizes: part of the key
 PROGRESS_S = 5.0  # seconds between progress lines while building without a terminal
-RELEASE_BYTES = 256 << 20  # bytes read from a mapping between two releases of its pages (see MappedImages)
+TAKE_ROWS = 128  # rows copied out of a mapping between two releases of its pages (see MappedImages)
 UNUSABLE_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EEXIST)
 
 
@@ -55,15 +55,15 @@ def cache_key(files: Files, size: tuple[int, int], channels: int) -> str:
 class MappedImages:
     """A cache file's images, mapped read-only: ``x`` is a uint8 (N, C, H, W) tensor over the mapping ``pages``.
 
-    Pages read through a mapping count in the process's resident memory until it is unmapped, so
-    :meth:`read` (called with the bytes each batch copied out) drops them from this process every
-    :data:`RELEASE_BYTES` (``madvise(MADV_DONTNEED)``): they stay in the page cache, which serves the next
-    epoch, but a run over a cache larger than memory does not grow by it.
+    Pages read through a mapping count in the process's resident memory until they are unmapped, and the
+    kernel maps whole page-cache folios (up to megabytes) at each fault, so :meth:`take` drops them from
+    this process (``madvise(MADV_DONTNEED)``) after every :data:`TAKE_ROWS` rows: they stay in the page
+    cache, which serves the next epoch, but a run over a cache larger than memory does not grow by it
+    (about 4 ms per batch of 128 images of 256 px).
     """
 
     pages: mmap.mmap
     x: torch.Tensor
-    unreleased: int = 0
 
     @classmethod
     def open(cls, path: Path, shape: tuple[int, ...]) -> "MappedImages":
@@ -77,11 +77,13 @@ class MappedImages:
         """The contiguous ``rows`` (ascending, consecutive), still mapped."""
         return MappedImages(self.pages, self.x[int(rows[0]) : int(rows[-1]) + 1] if len(rows) else self.x[:0])
 
-    def read(self, nbytes: int) -> None:
-        self.unreleased += nbytes
-        if self.unreleased >= RELEASE_BYTES:
+    def take(self, idx: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Rows ``idx`` copied out (into ``out`` when given), the mapping's pages released as it goes."""
+        out = torch.empty((len(idx), *self.x.shape[1:]), dtype=self.x.dtype) if out is None else out
+        for start in range(0, len(idx), TAKE_ROWS):
+            torch.index_select(self.x, 0, idx[start : start + TAKE_ROWS], out=out[start : start + TAKE_ROWS])
             self.pages.madvise(mmap.MADV_DONTNEED)
-            self.unreleased = 0
+        return out
 
 
 @dataclass

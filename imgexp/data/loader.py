@@ -108,8 +108,7 @@ class TensorLoader(ResumableLoader):
         if self.mapped is None:
             return self.x.index_select(0, idx), self.y.index_select(0, idx)  # 20x faster than x[idx]
         rows = torch.empty((len(idx), *self.x.shape[1:]), dtype=self.x.dtype, pin_memory=self.device.type == "cuda")
-        torch.index_select(self.x, 0, idx, out=rows)
-        self.mapped.read(rows.nbytes)
+        self.mapped.take(idx, out=rows)
         return rows.to(self.device, non_blocking=True), self.y.index_select(0, idx).to(self.device, non_blocking=True)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
