@@ -52,8 +52,8 @@ def folder(tmp_path_factory) -> Path:
 MAPPED = ["data.image_size=24", "data.cache_size=32", "data.in_memory_max_px=16"]  # stored 32 px: mapped
 
 
-def load(compose_cfg, root: Path, cache: Path, *overrides: str):
-    cfg = compose_cfg("data=imagefolder", f"data.root={root}", f"data.cache_dir={cache}", "data.num_workers=0",
+def load(compose_cfg, root: Path, cache: Path, *overrides: str, workers: int = 0):
+    cfg = compose_cfg("data=imagefolder", f"data.root={root}", f"data.cache_dir={cache}", f"data.num_workers={workers}",
                       "batch=8", "device=cpu", "augmentation=resized_crop_flip", *MAPPED, *overrides)
     return build(cfg.data, cfg.augmentation, cfg.normalization, cfg.batch, cfg.seed, torch.device("cpu"))
 
@@ -92,7 +92,7 @@ def test_cached_batches_equal_streamed_ones_and_a_second_run_decodes_nothing(com
     assert (mapped.info.height, mapped.info.width) == (24, 24) and mapped.train.x.shape[1:] == (3, 32, 32)
     built = len(decodes)
     assert built >= 60  # every file once (the majority probe opens headers only), stats read the cache
-    streamed = load(compose_cfg, folder, tmp_path / "s", "data.cache_max_gb=0")
+    streamed = load(compose_cfg, folder, tmp_path / "s", "data.cache_max_gb=0", workers=2)
     assert isinstance(streamed.train, StreamLoader)
     in_memory = load(compose_cfg, folder, tmp_path / "c", "data.in_memory_max_px=64")
     assert in_memory.train.mapped is None and in_memory.train.x.device.type == "cpu"
@@ -120,12 +120,15 @@ def test_a_truncated_cache_is_rebuilt_with_one_line(compose_cfg, folder, tmp_pat
     assert same(passes(again), reference)
 
 
-def test_a_changed_or_new_file_rebuilds(compose_cfg, folder, tmp_path, decodes):
+def test_a_changed_or_new_file_rebuilds_and_unreadable_files_stay_skipped(compose_cfg, tmp_path, decodes, caplog):
     root = jpeg_folder(tmp_path / "imgs", per_class=8, classes=2)
+    (root / "class1" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     load(compose_cfg, root, tmp_path / "c")
     decodes.clear()
-    load(compose_cfg, root, tmp_path / "c")
-    assert decodes == []
+    with caplog.at_level(logging.WARNING):
+        again = load(compose_cfg, root, tmp_path / "c")
+    assert decodes == [] and "skipped 1 unreadable image files of 17" in caplog.text  # the count is cached too
+    assert sum(len(y) for loader in (again.train, again.val, again.test) for _, y in loader) == 16
     stamp = (root / "class0" / "3.jpg").stat().st_mtime_ns + 10**9
     os.utime(root / "class0" / "3.jpg", ns=(stamp, stamp))
     load(compose_cfg, root, tmp_path / "c")
@@ -153,7 +156,9 @@ def test_a_full_disk_streams_with_one_line_and_leaves_no_temp_file(compose_cfg, 
 
 BUILD = textwrap.dedent("""
     import logging, sys, torch
+    import imgexp.data.cache
     from imgexp.data.cache import cached_images
+    imgexp.data.cache.PROGRESS_S = 0.0  # a progress line per batch of files (stderr is no terminal)
     from imgexp.data.folders import class_files, labelled
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     found = class_files(__import__("pathlib").Path(sys.argv[1]))
@@ -170,6 +175,7 @@ def test_jobs_started_together_build_the_cache_once(folder, tmp_path):
     assert all(job.returncode == 0 for job in jobs), outs
     built = [err for _, err in outs if "decoded 60 images" in err]
     assert len(built) == 1, outs
+    assert "decoding into the cache: 60 of 60 files" in built[0]  # progress lines, without a terminal
     assert len({out for out, _ in outs}) == 1 and outs[0][0].startswith("rows 60 ")
     assert len(list((tmp_path / "c").glob("*.u8"))) == 1
 

@@ -137,8 +137,11 @@ class ShardBatches(Sampler[list[int]]):
         return self.shard.count(self.n, self.batch)
 
     def __iter__(self) -> Iterator[list[int]]:
+        # a generator function: the order is drawn at the first batch taken, not when the iterator is made
+        # (a DataLoader with workers makes one more than it uses, which drew twice on its first pass)
         order = torch.randperm(self.n, generator=self.generator)
-        return (part.tolist() for part in self.shard.batches(order, self.batch))
+        for part in self.shard.batches(order, self.batch):
+            yield part.tolist()
 
 
 class StreamLoader(ResumableLoader):
