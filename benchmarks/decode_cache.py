@@ -12,13 +12,13 @@ their content). Input pipeline alone (decode, augment, normalize, no model), bat
 (c) peak RSS (VmHWM) of a fresh process that builds the data and runs one epoch over the whole cache
     (over 2 GB at 11,000 images), against the same over a tiny cache (data.subset=500); and, for contrast,
     over the whole cache without releasing the mapping's pages (madvise made a no-op);
-(d) ``python -m imgexp model=resnet18``, 2 epochs at 224 px on 1,000 training images (data.subset=1000), batch 32, with the
-    cache (built on the way, then already built) and streaming from the files (``data.cache_max_gb=0``),
-    wall seconds; with ``--device cuda``, instead one epoch of ResNet-50 in bf16 + channels_last over all
+(d) ``python -m imgexp model=resnet18``, 2 epochs at 224 px on 1,000 training images (data.subset=1000),
+    batch 32, with the cache (built on the way, then already built) and streaming from the files
+    (``data.cache_max_gb=0``), wall seconds; with ``--device cuda``, instead one epoch of ResNet-50 in bf16 + channels_last over all
     the images fed from the cache, and the training images/s the run logs.
 
-    python benchmarks/decode_cache.py --images 11000                              # CPU (benchmarks/README.md)
-    python benchmarks/decode_cache.py --images 11000 --workers 8 --device cuda    # in benchmarks/gpu.sh
+    python benchmarks/decode_cache.py --images 11000                            # CPU: benchmarks/README.md
+    python benchmarks/decode_cache.py --images 11000 --workers 8 --device cuda  # in benchmarks/gpu.sh
 """
 from __future__ import annotations
 
@@ -104,9 +104,10 @@ def peak_rss(root: Path, cache: Path, extra: list[str], keep_pages: bool = False
 def cli(root: Path, cwd: Path, *extra: str) -> tuple[float, str]:
     """Wall seconds and stdout of ``python -m imgexp`` at 224 px from ``root``."""
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "imgexp", "data=imagefolder", f"data.root={root}", "data.image_size=224",
-                          "data.cache_size=256", "augmentation=resized_crop_flip", "normalization=imagenet",
-                          "progress=false", "analysis=none", *extra], cwd=cwd, check=True, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "imgexp", "data=imagefolder", f"data.root={root}",
+                          "data.image_size=224", "data.cache_size=256", "augmentation=resized_crop_flip",
+                          "normalization=imagenet", "progress=false", "analysis=none", *extra],
+                         cwd=cwd, check=True, capture_output=True, text=True)
     return time.perf_counter() - start, out.stdout
 
 
@@ -189,7 +190,7 @@ def main() -> None:
     cached = cli(root, runs, *small, f"data.cache_dir={tmp / 'cache-cli'}")[0]
     warm = cli(root, runs, *small, f"data.cache_dir={tmp / 'cache-cli'}")[0]
     streamed = cli(root, runs, *small, "data.cache_max_gb=0")[0]
-    print("\n| ResNet-18, 2 epochs, 224 px, data.subset=1000 (1,000 train + 214 val + 214 test images), batch 32 | wall |")
+    print("\n| ResNet-18, 2 epochs, 224 px, data.subset=1000 (1,000 train + 214 val + 214 test), batch 32 | wall |")
     print("|---|---|")
     print(f"| cache built on the way | {cached:.1f} s |\n| cache already built | {warm:.1f} s |\n"
           f"| streamed from the files (data.cache_max_gb=0) | {streamed:.1f} s |")

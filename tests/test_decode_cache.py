@@ -168,6 +168,7 @@ BUILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_jobs_started_together_build_the_cache_once(folder, tmp_path):
     cmd = [sys.executable, "-c", BUILD, str(folder), str(tmp_path / "c")]
     jobs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]

@@ -203,7 +203,8 @@ def build(data_cfg, aug_cfg, norm_cfg, batch: int, seed: int, device: torch.devi
         if isinstance(samples, Files):
             return StreamLoader(samples, stored, channels, size_, transform, device, data_cfg.num_workers,
                                 shuffle=is_train, seed=seed, rngs=rngs, shard=shard)
-        x, y = (samples.images, samples.y) if isinstance(samples, Cached) else (samples.x.to(device), samples.y.to(device))
+        mapped = isinstance(samples, Cached)
+        x, y = (samples.images, samples.y) if mapped else (samples.x.to(device), samples.y.to(device))
         return TensorLoader(x, y, size_, transform, shuffle=is_train, seed=seed, rngs=rngs, shard=shard, device=device)
 
     where = ("streamed from files" if isinstance(train, Files) else "memory-mapped from the decode cache"

@@ -60,7 +60,8 @@ def resized_crops(cfg, n: int, height: int, width: int, generator: torch.Generat
     first = ok.long().argmax(1, keepdim=True)  # the first try that fits
     found = ok.any(1)
     ratio = width / height
-    fw, fh = (width, round(width / r0)) if ratio < r0 else (round(height * r1), height) if ratio > r1 else (width, height)
+    fw, fh = ((width, round(width / r0)) if ratio < r0 else (round(height * r1), height) if ratio > r1
+              else (width, height))
     w = torch.where(found, w.gather(1, first)[:, 0], float(fw))
     h = torch.where(found, h.gather(1, first)[:, 0], float(fh))
     top = torch.where(found, torch.floor(u[:, 20] * (height - h + 1)), torch.div(height - h, 2, rounding_mode="floor"))
@@ -77,7 +78,7 @@ def center_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x[..., top : top + size[0], left : left + size[1]]
 
 
-def source_pixels(coords: torch.Tensor, size: int, padding_mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def source_pixels(coords: torch.Tensor, size: int, padding_mode: str) -> tuple[torch.Tensor, ...]:
     """For normalized input coordinates ``coords`` (n, m) along an axis of ``size`` pixels: the two pixels
     each output pixel blends and their weights, as ``grid_sample(align_corners=False)`` computes them
     (zeros: a pixel outside the image weighs 0; border: coordinates clipped; reflection: mirrored)."""
@@ -128,8 +129,8 @@ def pixel_centres(height: int, width: int, device: torch.device) -> torch.Tensor
 def build_augment(cfg, seed: int, device: torch.device, size: Optional[tuple[int, int]] = None
                   ) -> Optional[BatchAugment]:
     """A function mapping (N, C, H, W) batches in 0..255 (uint8 or float) to augmented float ones of ``size``
-    (H, W; default: the input's), or None for no-op configs. Without a random resized crop, a larger input is first cut to
-    its centre ``size``.
+    (H, W; default: the input's), or None for no-op configs. Without a random resized crop, a larger input is
+    first cut to its centre ``size``.
 
     Parameters come from a CPU generator seeded with ``seed``, the function's ``generator`` attribute (the
     same stream whatever ``device`` the batches are on; the matrices follow each batch to its device);

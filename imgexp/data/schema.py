@@ -95,8 +95,9 @@ class AugmentationConfig:
             require(getattr(self, key) >= 0, key, "must be >= 0")
         require(self.zoom < 1.0, "zoom", "must be < 1")
         require(self.crop_padding >= 0, "crop_padding", "must be >= 0")
-        require(self.crop_scale is None or (len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1),
-                "crop_scale", f"must be [low, high] with 0 < low <= high <= 1, got {self.crop_scale}")
+        scale = self.crop_scale
+        require(scale is None or (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1), "crop_scale",
+                f"must be [low, high] with 0 < low <= high <= 1, got {scale}")
         require(len(self.crop_ratio) == 2 and 0 < self.crop_ratio[0] <= self.crop_ratio[1], "crop_ratio",
                 f"must be [low, high] with 0 < low <= high, got {self.crop_ratio}")
         require_choice(self.fill, ("constant", "nearest", "reflect"), "fill")
