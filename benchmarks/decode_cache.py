@@ -14,8 +14,8 @@ their content). Input pipeline alone (decode, augment, normalize, no model), bat
     over the whole cache without releasing the mapping's pages (madvise made a no-op);
 (d) ``python -m imgexp model=resnet18``, 2 epochs at 224 px on 1,000 training images (data.subset=1000),
     batch 32, with the cache (built on the way, then already built) and streaming from the files
-    (``data.cache_max_gb=0``), wall seconds; with ``--device cuda``, instead one epoch of ResNet-50 in bf16 + channels_last over all
-    the images fed from the cache, and the training images/s the run logs.
+    (``data.cache_max_gb=0``), wall seconds; with ``--device cuda``, instead one epoch of ResNet-50 in
+    bf16 + channels_last over all the images fed from the cache, and the training images/s the run logs.
 
     python benchmarks/decode_cache.py --images 11000                            # CPU: benchmarks/README.md
     python benchmarks/decode_cache.py --images 11000 --workers 8 --device cuda  # in benchmarks/gpu.sh

@@ -180,6 +180,8 @@ def build(data_cfg, aug_cfg, norm_cfg, batch: int, seed: int, device: torch.devi
     train = parts[0]
     if isinstance(train, Images):
         stats_x = train.x
+    elif norm_cfg.name != "standardize":  # fixed statistics: no image needed
+        stats_x = torch.empty(0, channels, 1, 1, dtype=torch.uint8)
     else:
         sample = stratified_subset(labels(train), min(STATS_SAMPLE, len(train.y)), seed)
         stats_x = (train.images.take(torch.as_tensor(sample)) if isinstance(train, Cached)
