@@ -1,19 +1,27 @@
 """A cross-process lock on a file (``fcntl.flock``): what processes sharing a SQLite file take while one of
-them creates its tables (MLflow's store, Optuna's study)."""
+them creates its tables (MLflow's store, Optuna's study), and jobs while one builds the decode cache."""
 from __future__ import annotations
 
 import fcntl
+import logging
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
+log = logging.getLogger(__name__)
+
 
 @contextmanager
-def file_lock(path: str | Path) -> Iterator[None]:
+def file_lock(path: str | Path, waiting: Optional[str] = None) -> Iterator[None]:
+    """Held for the block; ``waiting``: a line logged (once) when another process holds it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (fcntl.LOCK_NB if waiting else 0))
+        except BlockingIOError:
+            log.info("%s", waiting)
+            fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
         finally:

@@ -29,7 +29,9 @@ def config_options() -> list[tuple[str, str]]:
 @pytest.fixture(scope="session", autouse=True)
 def decode_cache_home(tmp_path_factory):
     """The decode cache's default folder (under $XDG_CACHE_HOME) in a temp dir, not the user's home."""
-    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield
 
 
 @pytest.fixture

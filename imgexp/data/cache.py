@@ -11,7 +11,6 @@ log line says.
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -19,16 +18,16 @@ import mmap
 import os
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 from tqdm import tqdm
 
 from imgexp.data.decode import file_loader
 from imgexp.data.sources import Files
+from imgexp.locks import file_lock
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = "2"
@@ -123,7 +122,7 @@ def cached_images(files: Files, size: tuple[int, int], channels: int, num_worker
         return found
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with build_lock(folder / f"{key}.lock"):
+        with file_lock(folder / f"{key}.lock", f"waiting for another job to finish decoding into the cache {path}"):
             found = open_cache(path, meta, warn=False)  # another job built it while this one waited
             if found is None:
                 build(files, size, channels, num_workers, path, meta, need)
@@ -160,18 +159,6 @@ def open_cache(path: Path, meta: Path, warn: bool) -> Optional[Cached]:
     if images is None:
         raise ValueError(f"none of the {shape[0] + saved['skipped']} image files could be decoded")
     return Cached(images, y, saved["skipped"], saved["converted"])
-
-
-@contextmanager
-def build_lock(path: Path) -> Iterator[None]:
-    """Held while a cache is built; a job that finds it taken says once that it waits."""
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for another job to finish decoding into the cache %s", path.with_suffix(".u8"))
-            fcntl.flock(f, fcntl.LOCK_EX)
-        yield
 
 
 def build(files: Files, size: tuple[int, int], channels: int, num_workers: int, path: Path, meta: Path,
