@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
@@ -25,10 +23,8 @@ FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"
 def app(cfg: DictConfig) -> float:
     from imgexp.run import run  # heavy imports only once Hydra has accepted the command line
 
-    hc = HydraConfig.get()
-    redact.install()  # Hydra has just configured this job's logging, and written its .hydra/ files:
-    if hc.output_subdir is not None:  # no URI password in either
-        redact.mask_files(Path(hc.runtime.output_dir) / hc.output_subdir)
+    hc = redact.install_for_job()  # Hydra has just configured this job's logging, and written its .hydra/
+    # files: no URI password in either
     try:
         return run(cfg, hc.runtime.output_dir, hc.overrides.task)
     except KeyboardInterrupt as err:
@@ -42,12 +38,14 @@ def app(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    """The ``imgexp`` console script; ``imgexp compare ...`` runs the comparison stage."""
-    if sys.argv[1:2] == ["compare"]:
-        from imgexp.compare.__main__ import main as compare
+    """The ``imgexp`` console script; ``imgexp compare|predict|evaluate ...`` run those stages."""
+    if sys.argv[1:2] in (["compare"], ["predict"], ["evaluate"]):
+        import importlib
 
+        module = "imgexp.compare.__main__" if sys.argv[1] == "compare" else f"imgexp.{sys.argv[1]}"
+        stage = importlib.import_module(module)
         sys.argv = [sys.argv[0], *sys.argv[2:]]
-        compare()
+        stage.main()
         return
     if "--help" in sys.argv[1:] or "-h" in sys.argv[1:]:
         from imgexp.help import text

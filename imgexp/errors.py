@@ -29,6 +29,21 @@ def one_line(err: BaseException) -> str:
     return "imgexp: error: " + describe(err)
 
 
+FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"  # as the user set it (run_app sets it for Hydra)
+
+
+@contextmanager
+def one_line_exit() -> Iterator[None]:
+    """Inside a Hydra app: an error ends it with one line (``HYDRA_FULL_ERROR=1``: the traceback), before
+    Hydra logs it with its own."""
+    try:
+        yield
+    except Exception as err:
+        if FULL_ERROR:
+            raise
+        raise SystemExit(one_line(err)) from err
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM or SIGHUP outside training (while loading data, drawing plots): the run ends KILLED, exit
     128 + the signal (143, 129)."""

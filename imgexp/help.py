@@ -21,10 +21,13 @@ def options(folder) -> list[str]:
     return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
+NOT_GROUPS = ("hydra", "predict", "__pycache__")  # folders of conf/ that are not groups of the training config
+
+
 def groups() -> dict[str, list[str]]:
     """``{group: options}`` of the config tree, with Hydra's launcher and sweeper groups as imgexp sets them."""
     conf = files("imgexp.conf")
-    found = {p.name: options(p) for p in conf.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__")}
+    found = {p.name: options(p) for p in conf.iterdir() if p.is_dir() and p.name not in NOT_GROUPS}
     found["hydra/launcher"] = ["basic", *options(conf / "hydra" / "launcher")]
     found["hydra/sweeper"] = list(SWEEPERS)
     return dict(sorted(found.items()))

@@ -102,3 +102,15 @@ def install() -> None:
     make = logging.getLogRecordFactory()
     if not getattr(make, "redacts", False):
         logging.setLogRecordFactory(_masking_factory(make))
+
+
+def install_for_job():
+    """In a Hydra app's job: :func:`install`, and mask the ``.hydra/`` files Hydra has just written; returns
+    Hydra's config of the job (``HydraConfig.get()``)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    install()
+    hc = HydraConfig.get()
+    if hc.output_subdir is not None:
+        mask_files(Path(hc.runtime.output_dir) / hc.output_subdir)
+    return hc

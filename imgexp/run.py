@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -21,6 +22,7 @@ from imgexp import data as data_lib
 from imgexp import launch, losses
 from imgexp.data.split import stratified_subset
 from imgexp.checkpoint import load, temp_files
+from imgexp.classifier import Spec
 from imgexp.config import ConfigError, as_list, config_hash, flatten, reuse_mode, validate
 from imgexp.gpus import claim_gpus
 from imgexp.models import create_model
@@ -28,6 +30,7 @@ from imgexp.optim import build_optimizer, build_scheduler
 from imgexp.redact import mask_container
 from imgexp.runtime import configure_torch, resolve_device, seed_everything
 from imgexp.tracking import resume, reuse, start_run
+from imgexp.tracking.logged_model import REGISTERED_TAG, register
 from imgexp.tracking.mlflow import CHECKPOINT_DIR_TAG, CONFIG_HASH_TAG, Tracker
 from imgexp.tracking.sweep import SWEEPER_KEYS
 from imgexp.tracking.trial import join_trial
@@ -98,6 +101,21 @@ def analysis_sample(batches, points: int, seed: int, ranks: Ranks = Ranks()) -> 
     share = round(points * len(y) / sum(ranks.objects(len(y))))
     keep = torch.from_numpy(stratified_subset(y.cpu().numpy(), share, seed)).to(y.device)
     return ranks.gather_rows(x[keep]), ranks.gather_rows(y[keep])
+
+
+def classifier_spec(cfg: DictConfig, data: data_lib.Data, run_id: Optional[str]) -> Spec:
+    """What rebuilds the run's model and prepares its input, for its MLflow model."""
+    model = {**OmegaConf.to_container(cfg.model, resolve=True), "pretrained": False, "weights": None}
+    info, prep = data.info, data.preprocessing
+    return Spec(model, info.channels, (info.height, info.width), tuple(prep.stored), prep.mean, prep.std,
+                list(info.class_names), run_id or "")
+
+
+def input_example(data: data_lib.Data, n: int = 2) -> np.ndarray:
+    """The first ``n`` test images as the model sees them, un-normalized: uint8 (n, H, W, C)."""
+    x, _ = next(iter(data.test))
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (data.preprocessing.mean, data.preprocessing.std))
+    return (x[:n].float().cpu() * std + mean).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
 
 
 def log_artifacts(tracker, artifacts: Artifacts) -> None:
@@ -257,6 +275,7 @@ def run_rank(cfg: DictConfig, output_dir: Path, overrides: Sequence[str], ranks:
         if gpus:
             tracker.set_tags({"imgexp.gpus": ",".join(map(str, gpus))})
         job = build(cfg, checkpoint_dir, device, ranks)
+        tracker.log_datasets(job.data.records)
         if shared["resumed"]:
             state = start.resumed.state if start else load(checkpoint_dir / "last.pt")
             job.trainer.load_state_dict(state)
@@ -348,6 +367,12 @@ def report(cfg: DictConfig, job: Job, tracker: Tracker, result, sample) -> dict[
         plots |= final_artifacts(model, *sample, info.class_names, analysis, title)
         log.info("analysis done in %.1f s", time.perf_counter() - began)
     log_artifacts(tracker, plots)
+    if cfg.tracking.log_model:
+        model_uri = tracker.log_model(job.trainer.best_path, classifier_spec(cfg, job.data, tracker.run_id),
+                                      input_example(job.data))
+        if model_uri and cfg.tracking.register and not cfg.tracking.parent_run_id:  # a sweep registers its best
+            tracker.set_tags({REGISTERED_TAG: register(tracker.uri, model_uri, cfg.tracking.register,
+                                                       tracker.run_id)})
     final = {**result.history[-1], **result.test}
     missing = [m for m in as_list(cfg.optimized_metric) if m not in final]
     if missing:

@@ -291,8 +291,9 @@ def test_a_cell_never_pools_different_settings(tmp_path, settings_uri, columns, 
     assert "differing only in the seed" in markdown
 
 
-def model_store(root: Path, columns: dict[str, list[tuple[int, float]]]) -> str:
-    """One FINISHED run per (model, seed, test/acc) in ``columns``, made with MlflowClient."""
+def model_store(root: Path, columns: dict[str, list[tuple[int | None, float]]]) -> str:
+    """One FINISHED run per (model, seed, test/acc) in ``columns``, made with MlflowClient (seed None: no
+    seed param)."""
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(uri)
     experiment = client.create_experiment("stats")
@@ -300,7 +301,8 @@ def model_store(root: Path, columns: dict[str, list[tuple[int, float]]]) -> str:
         for seed, value in runs:
             run_id = client.create_run(experiment).info.run_id
             client.log_param(run_id, "model.name", model)
-            client.log_param(run_id, "seed", str(seed))
+            if seed is not None:
+                client.log_param(run_id, "seed", str(seed))
             client.log_metric(run_id, "test/acc", value)
             client.set_terminated(run_id, "FINISHED")
     return uri
@@ -330,21 +332,25 @@ def test_statistics_match_scipy_on_the_logged_values(tmp_path):
         assert (table.loc[m, "mean"], table.loc[m, "n"]) == (pytest.approx(v.mean()), len(v))
         assert (table.loc[m, "ci_low"], table.loc[m, "ci_high"]) == (pytest.approx(low), pytest.approx(high))
     d = np.array([logged["b"][s] - logged["a"][s] for s in range(5)])
+    paired = stats.ttest_rel([logged["b"][s] for s in range(5)], [logged["a"][s] for s in range(5)]).pvalue
     exact = stats.permutation_test((d,), np.mean, permutation_type="samples", n_resamples=np.inf).pvalue
     welch = stats.ttest_ind(list(logged["c"].values()), list(logged["a"].values()), equal_var=False)
-    assert table.loc["b", "diff"] == pytest.approx(d.mean()) and table.loc["b", "p"] == pytest.approx(exact)
-    assert table.loc["b", "test"] == "paired sign-flip permutation" and table.loc["c", "test"] == "Welch t-test"
-    assert table.loc["c", "p"] == pytest.approx(welch.pvalue)
+    assert table.loc["b", "diff"] == pytest.approx(d.mean()) and table.loc["b", "p"] == pytest.approx(paired)
+    assert (table.loc["b", "p_perm"], table.loc["b", "p_min"]) == (pytest.approx(exact), 2 / 2 ** 5)
+    assert table.loc["b", "test"] == "paired t-test" and table.loc["c", "test"] == "Welch t-test"
+    assert table.loc["c", "p"] == pytest.approx(welch.pvalue) and math.isnan(table.loc["c", "p_perm"])
     assert (table.loc["c", "diff_low"], table.loc["c", "diff_high"]) == tuple(
         pytest.approx(x) for x in welch.confidence_interval(0.95))
-    low, high = sorted([exact, welch.pvalue])  # Holm over the two columns: 2 * smallest, then the larger
+    low, high = sorted([paired, welch.pvalue])  # Holm over the two columns: 2 * smallest, then the larger
     holm = {low: min(1, 2 * low), high: min(1, max(2 * low, high))}
-    assert (table.loc["b", "p_holm"], table.loc["c", "p_holm"]) == (pytest.approx(holm[exact]),
+    assert (table.loc["b", "p_holm"], table.loc["c", "p_holm"]) == (pytest.approx(holm[paired]),
                                                                     pytest.approx(holm[welch.pvalue]))
     assert math.isnan(table.loc["a", "p"]) and "; baseline" in markdown and "Holm-corrected" in markdown
     row = next(line for line in markdown.splitlines() if line.startswith("| top-1 acc"))
-    for cell, column in zip(row.split("|")[3:5], "bc"):  # a cell ends in * exactly when it holds after Holm
-        assert "p=" in cell and cell.strip().endswith("*") == (table.loc[column, "p_holm"] < 0.05), cell
+    for cell, column in zip(row.split("|")[3:5], "bc"):  # p= ends in * exactly when it holds after Holm
+        mark = re.search(r" p=[-+.\de]+(\*?)", cell).group(1)
+        assert (mark == "*") == (table.loc[column, "p_holm"] < 0.05), cell
+    assert "(perm p=0.0625)" in row.split("|")[3] and "perm p" not in row.split("|")[4]  # paired b, unpaired c
 
 
 def test_known_answers_identical_columns_a_fixed_shift_and_too_few_runs(tmp_path):
@@ -355,7 +361,8 @@ def test_known_answers_identical_columns_a_fixed_shift_and_too_few_runs(tmp_path
     few = [(0, 0.9), (1, 0.91)]
     table, markdown = compare_stats(tmp_path, {"base": base, "same": same, "shifted": shifted, "few": few},
                                     "baseline=base", "digits=3")
-    assert table.loc["same", "p"] == 1.0 and table.loc["same", "diff"] == 0.0
+    assert table.loc["same", "p"] == 1.0 and table.loc["same", "diff"] == 0.0  # the sign-flip p: no t statistic
+    assert table.loc["same", "test"] == "paired sign-flip permutation (t-test undefined: all differences equal)"
     assert table.loc["shifted", "diff_low"] < 0.05 < table.loc["shifted", "diff_high"]
     assert table.loc["shifted", "p_holm"] < 0.05 and "p=" in markdown and "*" in markdown
     assert table.loc["few", "test"] == "too few runs" and math.isnan(table.loc["few", "p"])
@@ -363,3 +370,135 @@ def test_known_answers_identical_columns_a_fixed_shift_and_too_few_runs(tmp_path
     cfg = settings(f"tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "experiment=stats", "metrics=[test/acc]",
                    "baseline=best")
     assert "difference to few with" in compare(cfg, tmp_path / "best"), "the best mean of the first metric"
+
+
+def three_seeds(tmp_path: Path, *overrides: str) -> tuple[pd.DataFrame, str]:
+    """small_cnn (0.96) vs lenet (0.48) over 3 paired seeds with small noise, as on digits; baseline small_cnn."""
+    columns = {"small_cnn": [(0, 0.962), (1, 0.951), (2, 0.975)], "lenet": [(0, 0.47), (1, 0.52), (2, 0.44)]}
+    return compare_stats(tmp_path, columns, "baseline=small_cnn", *overrides)
+
+
+def lenet_cell(markdown: str) -> str:
+    return next(line for line in markdown.splitlines() if line.startswith("| top-1 acc")).split("|")[3]
+
+
+def test_three_paired_seeds_mark_a_large_difference(tmp_path):
+    import numpy as np
+
+    table, markdown = three_seeds(tmp_path)
+    base, other = np.array([0.962, 0.951, 0.975]), np.array([0.47, 0.52, 0.44])
+    lenet = table.loc["lenet"]
+    assert (lenet.test, lenet.p) == ("paired t-test", pytest.approx(stats.ttest_rel(other, base).pvalue))
+    assert lenet.p_holm < 0.05 and lenet.p_perm == pytest.approx(0.25) and lenet.p_min == 0.25
+    exact = stats.permutation_test((other - base,), np.mean, permutation_type="samples", n_resamples=np.inf)
+    assert lenet.p_perm == pytest.approx(exact.pvalue)
+    assert re.search(r"p=0\.0\d+\* \(perm p=0\.25\)", lenet_cell(markdown)), lenet_cell(markdown)
+    assert "paired t-test, which assumes the differences are roughly normal" in markdown
+    assert "under 10 pairs the sign-flip p cannot go below 2/2^n: 3 pairs 0.25" in markdown
+    for name in ("table.tex", "report.html"):  # every output carries the caption
+        assert "roughly normal" in (tmp_path / "out" / name).read_text()
+    latex = (tmp_path / "out" / "table.tex").read_text()
+    assert r"difference to small\_cnn" in latex and r"cannot go below 2/$2^n$: 3 pairs 0.25" in latex
+
+
+def test_permutation_and_welch_on_request(tmp_path):
+    table, markdown = three_seeds(tmp_path / "perm", "test=permutation")
+    lenet = table.loc["lenet"]
+    assert (lenet.test, lenet.p, lenet.p_perm) == ("paired sign-flip permutation", 0.25, 0.25)
+    assert "*" not in lenet_cell(markdown) and "perm p" not in lenet_cell(markdown)
+    assert "3 pairs 0.25" in markdown
+    table, markdown = three_seeds(tmp_path / "welch", "test=welch")
+    welch = stats.ttest_ind([0.47, 0.52, 0.44], [0.962, 0.951, 0.975], equal_var=False)
+    lenet = table.loc["lenet"]
+    assert (lenet.test, lenet.p, lenet.p_perm) == ("Welch t-test", pytest.approx(welch.pvalue), 0.25)
+    assert (lenet.diff_low, lenet.diff_high) == tuple(pytest.approx(x) for x in welch.confidence_interval(0.95))
+    assert "over matching seeds: Welch's t-test, as if unpaired" in markdown
+
+
+def test_reruns_of_a_seed_are_merged_and_runs_without_a_seed_are_not(tmp_path):
+    import numpy as np
+
+    columns = {"base": [(0, 0.80), (1, 0.82), (1, 0.84), (2, 0.81)],  # seed 1 run twice
+               "rerun": [(0, 0.90)] * 4,  # reuse=false four times: one sample, not n=4 with std 0
+               "paired": [(0, 0.85), (1, 0.86), (2, 0.88)],
+               "unseeded": [(None, 0.70), (None, 0.71), (None, 0.73)]}
+    table, markdown = compare_stats(tmp_path, columns, "baseline=base")
+    base = np.array([0.80, 0.83, 0.81])  # seed 1's mean
+    assert (table.loc["base", "n"], table.loc["base", "repeats"]) == (3, 1)
+    assert (table.loc["base", "mean"], table.loc["base", "std"]) == (pytest.approx(base.mean()),
+                                                                     pytest.approx(base.std(ddof=1)))
+    assert (table.loc["rerun", "n"], table.loc["rerun", "repeats"]) == (1, 3) and math.isnan(table.loc["rerun", "std"])
+    assert table.loc["rerun", "test"] == "too few runs"
+    paired = stats.ttest_rel([0.85, 0.86, 0.88], base).pvalue  # seeds pair up once seed 1 is one value
+    assert (table.loc["paired", "test"], table.loc["paired", "p"]) == ("paired t-test", pytest.approx(paired))
+    assert (table.loc["unseeded", "n"], table.loc["unseeded", "repeats"]) == (3, 0)
+    assert table.loc["unseeded", "test"] == "Welch t-test"
+    assert "0.9000 (n=1, 3 repeats merged)" in markdown and "(n=3, 1 repeat merged;" in markdown
+    assert "; 4 repeats merged into the values of their seeds" in markdown and "n: distinct seeds" in markdown
+    notes = markdown.split("Repeats merged:")[1]
+    assert re.search(r"- rerun: seed 0 ran 4 times \(\w+(, \w+){3}\), 3 repeats merged", notes)
+    assert re.search(r"- base: seed 1 ran 2 times \(\w+, \w+\), 1 repeat merged", notes)
+
+
+def test_a_bad_test_is_one_line(tmp_path):
+    with pytest.raises(ConfigError, match=re.escape("test: must be one of t, permutation, welch, got 'z'")):
+        settings("test=z")
+    done = run_compare("test=z", cwd=tmp_path)
+    assert (done.returncode, done.stderr.strip().splitlines()) == (
+        1, ["imgexp: error: test: must be one of t, permutation, welch, got 'z'"])
+
+
+
+def add_sweep(client: MlflowClient, experiment: str, root: Path, sweeper: str, plots: tuple[str, ...]) -> str:
+    """A sweep parent run (``imgexp.sweeper=<sweeper>``, sweep id ``<sweeper>-sweep``) with two finished
+    children, made with MlflowClient, and a small PNG at each of ``plots`` on the parent: its sweep id."""
+    from PIL import Image
+
+    sweep_id = f"{sweeper}-sweep"
+    parent = client.create_run(experiment, tags={"imgexp.role": "sweep", "imgexp.sweeper": sweeper,
+                                                 "imgexp.sweep_id": sweep_id}).info.run_id
+    for seed in (0, 1):
+        run_id = client.create_run(experiment, tags={"mlflow.parentRunId": parent, "imgexp.sweep_id": sweep_id}
+                                   ).info.run_id
+        client.log_param(run_id, "model.name", "small_cnn")
+        client.log_param(run_id, "seed", str(seed))
+        client.log_metric(run_id, "test/acc", 0.9 + seed / 100)
+        client.set_terminated(run_id, "FINISHED")
+    for path in plots:
+        local = root / sweeper / path
+        local.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40, 30), "steelblue").save(local)
+        client.log_artifact(parent, str(local), str(Path(path).parent))
+    client.set_terminated(parent, "FINISHED")
+    return sweep_id
+
+
+STUDY_PLOTS = ("optuna/param_importances.png", "optuna/optimization_history.png")
+
+
+@pytest.fixture(scope="module")
+def sweeps_uri(tmp_path_factory) -> str:
+    """A store holding an Optuna sweep whose parent carries ``STUDY_PLOTS`` and a grid sweep with none."""
+    root = tmp_path_factory.mktemp("sweeps")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("study", artifact_location=(root / "artifacts").as_uri())
+    add_sweep(client, experiment, root, "optuna", STUDY_PLOTS)
+    add_sweep(client, experiment, root, "grid", ())
+    return uri
+
+
+@pytest.mark.parametrize("sweeper", ["optuna", "grid"])
+def test_report_shows_a_studys_optuna_plots(tmp_path, sweeps_uri, sweeper):
+    out = tmp_path / "out"
+    compare(settings(f"tracking_uri={sweeps_uri}", "experiment=study", f"sweep={sweeper}-sweep",
+                     "metrics=[test/acc]"), out)
+    page = (out / "report.html").read_text()
+    if sweeper == "grid":  # no plots on the parent: no section, nothing downloaded
+        assert "Optuna study" not in page and not (out / "optuna").exists()
+        return
+    assert sorted(p.relative_to(out).as_posix() for p in out.glob("optuna/*")) == sorted(STUDY_PLOTS)
+    study = page.split("<h2>Optuna study</h2>")[1].split("<h2>")[0]
+    assert re.findall(r'<a href="([^"]+)">', study) == ["optuna/optimization_history.png",
+                                                        "optuna/param_importances.png"]  # Optuna's order
+    assert all(s.startswith("data:image/png;base64,") for s in re.findall(r'src="([^"]*)"', study))  # inline

@@ -1,5 +1,6 @@
 """The MLflow UI, as a user opens it from the link at the end of a run: a real ``mlflow server`` and
-headless Chromium find the run's page and the experiment's runs table, not MLflow 3's empty GenAI view."""
+headless Chromium find the run's page (its logged model and its three data sets among it) and the
+experiment's runs table, not MLflow 3's empty GenAI view."""
 from __future__ import annotations
 
 import logging
@@ -46,6 +47,10 @@ def test_the_link_a_run_ends_with_opens_it_in_the_mlflow_ui(workdir, compose_cfg
             browser.open(run_page)
             page = wait_for_text(browser, "small_cnn-digits", "Model metrics", "val/acc_best")
             assert "Evaluations" not in page and "Model registry" in page  # the model-training view
+            page = wait_for_text(browser, "Logged models (1)", "Datasets")  # the run's model, loaded after the rest
+            train = MlflowClient(server.uri).get_run(run_page.split("/runs/")[1].split("?")[0]).inputs.dataset_inputs
+            digest = next(i.dataset.digest for i in train if i.tags[0].value == "train")
+            assert f"digits ({digest})" in page and "+2" in page  # the train split shown, val and test behind +2
             browser.open("about:blank")  # a new document: a change of the URL's #fragment alone fires no load
             browser.open(run_page.split("/runs/")[0] + "?" + run_page.split("?")[1])  # the experiment
             page = wait_for_text(browser, "Run Name", "small_cnn-digits", "1 matching run")

@@ -16,7 +16,8 @@ def test_pyproject_lists_every_package():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     inits = [*(ROOT / "imgexp").rglob("__init__.py"), *(ROOT / "hydra_plugins").rglob("__init__.py")]
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in inits}
-    assert found | {"imgexp.conf", "imgexp.templates"} == listed
+    conf = {".".join(("imgexp", *p.parent.relative_to(ROOT).parts)) for p in (ROOT / "conf").rglob("__init__.py")}
+    assert found | conf | {"imgexp.templates"} == listed
     assert not (ROOT / "hydra_plugins" / "__init__.py").exists(), "hydra_plugins is a namespace package"
 
 
@@ -54,7 +55,7 @@ def test_help_lists_what_users_choose_and_loads_no_torch(tmp_path):
     groups = {line.split()[0]: line.split(None, 1)[1] for line in
               proc.stdout.split("Config groups (group=option):\n")[1].split("\n\n")[0].splitlines()}
     assert set(groups) == {p.name for p in (ROOT / "conf").iterdir() if p.is_dir() and p.name not in (
-        "hydra", "__pycache__")} | {"hydra/launcher", "hydra/sweeper"}
+        "hydra", "predict", "__pycache__")} | {"hydra/launcher", "hydra/sweeper"}  # predict: not a group
     assert groups["model"].startswith("alexnet, efficientnet_b0") and groups["hydra/sweeper"] == "grid, optuna"
     assert "report_d_ablation" in proc.stdout and "resume: null" in proc.stdout
     assert "schema/" not in proc.stdout and "trial" not in proc.stdout  # no internal groups or keys

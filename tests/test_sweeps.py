@@ -22,7 +22,8 @@ from conftest import run_cli
 from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.imgexp_optuna_sweeper.study import outcome
 from hydra_plugins.imgexp_optuna_sweeper.study_lock import StudyLock
-from imgexp.tracking.sweep import failure
+from imgexp.tracking.sweep import failure, save_figures
+from imgexp.tracking.study_plots import study_plots
 from imgexp.tracking.pruning import TrialPruned
 
 pytestmark = pytest.mark.slow  # real processes: left out of the quick tier (README, Tests)
@@ -225,6 +226,79 @@ def test_optuna_median_pruner_prunes_the_hopeless_trials(workdir):
     assert parent.data.tags["best.optimizer.lr"] == str(best.params["optimizer.lr"])
     results = json.loads(next(workdir.glob("multirun/*/*/optimization_results.json")).read_text())
     assert results["best_trial"] == best.number and results["best_params"] == best.params
+
+
+def toy_study(directions: list[str], complete: int, same_values: bool = False) -> optuna.Study:
+    """An in-memory study over a log-scale lr and a batch choice: ``complete`` completed trials and a pruned one."""
+    space = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+             "batch": optuna.distributions.CategoricalDistribution([32, 64])}
+    study = optuna.create_study(directions=directions)
+    for i in range(complete):
+        values = [0.5, 1.0] if same_values else [0.5 + 0.1 * i * (-1) ** i, 1.0 / (i + 1)]
+        study.add_trial(optuna.trial.create_trial(params={"lr": 1e-4 * 2 ** i, "batch": (32, 64)[i % 2]},
+                                                  distributions=space, values=values[:len(directions)]))
+    study.add_trial(optuna.trial.create_trial(params={"lr": 1e-3, "batch": 32}, distributions=space,
+                                              state=TrialState.PRUNED))
+    return study
+
+
+PLOTS = ["optuna/optimization_history.png", "optuna/parallel_coordinate.png", "optuna/param_importances.png"]
+
+
+@pytest.mark.parametrize("directions,complete,expected", [
+    (["maximize"], 6, PLOTS),
+    (["maximize", "minimize"], 6, PLOTS + ["optuna/pareto_front.png"]),
+    (["maximize"], 1, []),  # nothing to plot from one trial: no importances, and no error
+])
+def test_study_plots_draw_the_plots_that_apply(directions, complete, expected, tmp_path, caplog):
+    from imgexp.analysis.pyplot import plt
+
+    style, open_before = dict(plt.rcParams), set(plt.get_fignums())
+    caplog.set_level("INFO", logger="imgexp.tracking.study_plots")
+    figures = study_plots(toy_study(directions, complete), ["val/acc_best", "val/loss"][:len(directions)])
+    assert sorted(figures) == sorted(expected)
+    left_out = [r for r in caplog.records if r.name == "imgexp.tracking.study_plots"]
+    assert len(left_out) == 2 + len(directions) - len(expected), "one line per plot left out (3 or 4 apply)"
+    assert dict(plt.rcParams) == style, "Optuna's style sheet stays inside"
+    paths = save_figures(figures, tmp_path)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in paths) == sorted(expected)
+    assert all(p.stat().st_size > 0 for p in paths) and set(plt.get_fignums()) <= open_before, "saved and closed"
+
+
+def test_study_plots_leave_out_a_plot_that_fails(caplog):
+    """fANOVA raises on trials whose values are all equal: the importances are left out, the rest drawn."""
+    from imgexp.analysis.pyplot import plt
+
+    figures = study_plots(toy_study(["maximize"], 4, same_values=True), ["val/acc_best"])
+    assert sorted(figures) == [PLOTS[0], PLOTS[1]]
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert line.startswith("optuna plot param_importances left out: ")
+    for figure in figures.values():
+        plt.close(figure)
+
+
+def test_optuna_sweep_leaves_its_plots_on_the_parent_run(workdir):
+    """A 6-trial study of two objectives: its parent run holds Optuna's four plots under optuna/; a rerun of
+    the finished study without tracking draws them again, into its own sweep dir."""
+    sweep = ["-m", *OPTUNA, "hydra.sweeper.study_name=plots", "hydra.sweeper.n_trials=6", "hydra.sweeper.seed=0",
+             "hydra.sweeper.sampler=random", "hydra.sweeper.direction=[maximize,minimize]",
+             "optimized_metric=[val/acc_best,val/loss]", "optimizer.lr=tag(log,interval(1e-4,1e-2))",
+             "batch=choice(32,64)", "epochs=1", *FAST, "tracking.experiment=plots"]
+    proc = run_cli(*sweep, cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    plots = sorted(PLOTS + ["optuna/pareto_front.png"])
+    (parent,), _ = sweep_runs(workdir, "plots")
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    assert sorted(a.path for a in client.list_artifacts(parent.info.run_id, "optuna")) == plots
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {
+        "optuna", "optimization_results.json", "sweep_summary.json"}
+    assert parent.info.status == "FINISHED"
+    proc = run_cli(*sweep, "tracking.enabled=false", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    dirs = sorted(workdir.glob("multirun/*/*"), key=lambda d: d.stat().st_mtime)
+    assert len(dirs) == 2 and len(study_of(workdir, "plots").trials) == 6, "the rerun trains nothing"
+    for d in dirs:
+        assert sorted(p.relative_to(d).as_posix() for p in d.glob("optuna/*")) == plots
 
 
 def optuna_command(name: str, n_trials: int, experiment: str, *extra: str) -> list[str]:

@@ -19,7 +19,7 @@ from hydra.core.utils import JobReturn
 from imgexp import redact
 from imgexp.tracking.mlflow import ERROR_TAG
 from imgexp.tracking.sweep import (ParentRun, check_composes, failure, finish, hide_internal_overrides, job_error,
-                                  job_name)
+                                  job_name, objective)
 
 log = logging.getLogger(__name__)
 
@@ -69,5 +69,5 @@ class GridSweeper(BasicSweeper):
         failed = [failure(r, job_error(r)) for r in returns if job_error(r) is not None]
         reused = parent.reused()
         finish({"jobs": len(returns), "trained": len(returns) - len(failed) - reused, "reused": reused,
-                "failed": len(failed)}, failed, sweep_dir, parent)
+                "failed": len(failed)}, failed, sweep_dir, parent, objective=objective(self.config))
         return [returns]

@@ -8,7 +8,8 @@
 - Rerunning the same command continues the study up to ``n_trials``. A trial whose worker died
   (interrupted, or silent past the heartbeat grace period) stays in the study as FAIL without an
   error and is run again with the same parameters.
-- One MLflow parent run per study (reopened on resume) gets the summary and the best parameters.
+- One MLflow parent run per study (reopened on resume) gets the summary, the best parameters and Optuna's
+  plots of the study (:mod:`imgexp.tracking.study_plots`, also written to the sweep dir's ``optuna/``).
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ from imgexp.tracking.mlflow import ERROR_TAG, check_database
 from imgexp.tracking.sweep import (ParentRun, check_composes, failure, finish, hide_internal_overrides, job_error,
                                   job_name)
 from imgexp.tracking.pruning import PRUNERS, build_pruner
+from imgexp.tracking.study_plots import study_plots
 from imgexp.tracking.trial import CHECKPOINT_ATTR, PRUNER_ATTR
 
 log = logging.getLogger(__name__)
@@ -196,7 +198,9 @@ class StudySweeper(Sweeper):
             run.abandon()
             parent.close(True, {}, {ERROR_TAG: "sweep interrupted"}, [])
             raise
-        finish(run.counts(), run.failed, sweep_dir, parent, results(study))
+        metrics = as_list(self.config.optimized_metric)
+        finish(run.counts(), run.failed, sweep_dir, parent, results(study), study_plots(study, metrics),
+               (metrics[0], study.directions[0] == optuna.study.StudyDirection.MAXIMIZE))
         return run.returns
 
 

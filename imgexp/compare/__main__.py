@@ -5,18 +5,15 @@ Errors end the process with one line on stderr and exit code 1, as ``python -m i
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from imgexp import redact
 from imgexp.compare.config import register
-from imgexp.errors import one_line, run_app
+from imgexp.errors import one_line_exit, run_app
 
 register()
-FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar per downloaded thumbnail
 
 
@@ -24,17 +21,10 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar
 def app(cfg: DictConfig) -> None:
     from imgexp.compare.run import compare  # heavy imports only once Hydra has accepted the command line
 
-    redact.install()  # as imgexp's app: no URI password in the log or the .hydra/ files
-    hc = HydraConfig.get()
-    if hc.output_subdir is not None:
-        redact.mask_files(Path(hc.runtime.output_dir) / hc.output_subdir)
-    try:
+    hc = redact.install_for_job()  # as imgexp's app: no URI password in the log or the .hydra/ files
+    with one_line_exit():
         settings = OmegaConf.to_object(cfg)  # the schema's range checks
-        print(compare(settings, HydraConfig.get().runtime.output_dir).rstrip())  # run dir = output_dir
-    except Exception as err:
-        if FULL_ERROR:
-            raise
-        raise SystemExit(one_line(err)) from err
+        print(compare(settings, hc.runtime.output_dir).rstrip())  # run dir = output_dir
 
 
 def main() -> None:

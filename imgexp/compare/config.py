@@ -20,6 +20,7 @@ REPORT_B = {
     "test/top2": "top-2 acc",
     "test/f1_macro": "macro F1",
 }
+TESTS = ("t", "permutation", "welch")  # the p-value of a difference over paired seeds (imgexp.compare.stats)
 
 
 @dataclass
@@ -36,6 +37,7 @@ class CompareConfig:
     labels: Dict[str, str] = field(default_factory=lambda: dict(REPORT_B))  # metric -> row label
     epoch: str = "best"  # per-epoch metrics at val/best_epoch (best) or at the last epoch (last)
     baseline: Optional[str] = None  # a column label, or "best" (the first metric's best mean): differences to it
+    test: str = "t"  # paired seeds' p: paired t-test (t), exact sign-flip permutation or welch; unpaired: Welch
     digits: int = 4
     thumbnails: int = 4  # plot PNGs shown per run in the HTML report
     ui_url: Optional[str] = None  # MLflow UI for run links; None: the tracking URI if http(s), else mlflow ui's
@@ -44,6 +46,7 @@ class CompareConfig:
 
     def __post_init__(self) -> None:
         require_choice(self.epoch, ("best", "last"), "epoch")
+        require_choice(self.test, TESTS, "test")
         require(all(isinstance(c, str) for c in as_list(self.columns)), "columns",
                 "must be a config key or a list of keys")
         require(all(isinstance(e, str) for e in as_list(self.experiment)), "experiment", "must be names")

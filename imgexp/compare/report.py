@@ -1,5 +1,6 @@
 """The figures (seaborn bar charts per metric, overlaid learning curves) and the self-contained HTML report:
-every image inline as a base64 PNG, nothing fetched from elsewhere."""
+every image inline as a base64 PNG, nothing fetched from elsewhere (a study's Optuna plots also link to their
+full-size copies in the output directory)."""
 from __future__ import annotations
 
 import base64
@@ -7,6 +8,7 @@ import html
 import io
 import tempfile
 from fnmatch import fnmatch
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -20,15 +22,20 @@ from imgexp.compare.select import Selection
 from imgexp.compare.table import Table
 from imgexp.redact import mask
 from imgexp.tracking.reuse import REUSED_FROM_TAG
+from imgexp.tracking.study_plots import FOLDER as STUDY_FOLDER
 
 CURVES = ("train/acc", "val/acc", "train/loss", "val/loss")
 # Plots shown first as thumbnails (patterns of artifact paths), then the rest by name.
 PREFERRED = ("plots/learning_curves.png", "plots/tsne/final_*_2d.png", "plots/cam/correct_vs_wrong.png",
              "plots/cam/*", "plots/confusion_matrix.png")
+# A study's Optuna plots on its parent run (imgexp.tracking.study_plots), in this order, then the rest by name.
+STUDY_PREFERRED = tuple(f"{STUDY_FOLDER}/{name}.png" for name in (
+    "optimization_history", "param_importances", "parallel_coordinate", "pareto_front"))
 
 
 def bars_figure(values: pd.DataFrame, columns: list[str], labels: dict[str, str]):
-    """One bar chart per metric: the mean over runs of each column, error bars its t-based 95% CI."""
+    """One bar chart per metric: the mean over the seeds of each column (``values``: one value per seed, as
+    :func:`imgexp.compare.table.merge_repeats` gives), error bars its t-based 95% CI."""
     data = values.dropna(subset=["value"]).assign(row=lambda d: d.metric.map(lambda m: labels.get(m, m)))
     rows = list(dict.fromkeys(data.row))
     grid = sns.catplot(data, kind="bar", x="column", y="value", col="row", col_order=rows, order=columns,
@@ -89,23 +96,55 @@ def plot_paths(sel: Selection, run_id: str, path: str = "plots") -> list[str]:
     return found
 
 
+def ranked(paths: list[str], preferred: tuple[str, ...]) -> list[str]:
+    """``paths`` in the order of the first pattern of ``preferred`` each matches, the rest last; by name within."""
+    def rank(path: str) -> tuple[int, str]:
+        return next((i for i, p in enumerate(preferred) if fnmatch(path, p)), len(preferred)), path
+
+    return sorted(paths, key=rank)
+
+
+def shrunk(local: str | Path, size: tuple[int, int]) -> bytes:
+    """The PNG at ``local``, downsized to fit ``size``."""
+    with Image.open(local) as image:
+        image.thumbnail(size)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def download(sel: Selection, run_id: str, path: str, into: str | Path) -> str:
+    """The run's artifact file ``path``, downloaded into the folder ``into`` (file name only): its local path."""
+    return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(into),
+                                               tracking_uri=sel.uri)
+
+
 def thumbnails(sel: Selection, run_id: str, limit: int, size: tuple[int, int] = (800, 600)) -> list[tuple[str, bytes]]:
     """Up to ``limit`` of the run's plots (preferred ones first), downsized to fit ``size``."""
-    def rank(path: str) -> tuple[int, str]:
-        return next((i for i, p in enumerate(PREFERRED) if fnmatch(path, p)), len(PREFERRED)), path
-
-    chosen = sorted(plot_paths(sel, run_id), key=rank)[:limit] if limit else []
-    out = []
+    chosen = ranked(plot_paths(sel, run_id), PREFERRED)[:limit] if limit else []
     with tempfile.TemporaryDirectory() as tmp:
-        for path in chosen:
-            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=tmp,
-                                                         tracking_uri=sel.uri)
-            with Image.open(local) as image:
-                image.thumbnail(size)
-                buffer = io.BytesIO()
-                image.save(buffer, format="PNG")
-            out.append((path, buffer.getvalue()))
-    return out
+        return [(path, shrunk(download(sel, run_id, path, tmp), size)) for path in chosen]
+
+
+def study_plots(sel: Selection, out: Path, size: tuple[int, int] = (800, 600)) -> dict[str, bytes]:
+    """{path: PNG downsized to fit ``size``} of the Optuna plots (``optuna/*.png``) on the sweep's parent run,
+    each also downloaded full size to ``out/<path>``; empty when the selection is no sweep or the parent has
+    none (a grid sweep)."""
+    if sel.parent is None:
+        return {}
+    run_id = sel.parent.info.run_id
+    paths = [item.path for item in sel.client.list_artifacts(run_id, STUDY_FOLDER)
+             if not item.is_dir and item.path.endswith(".png")]
+    return {path: shrunk(download(sel, run_id, path, out / STUDY_FOLDER), size)
+            for path in ranked(paths, STUDY_PREFERRED)}
+
+
+def study_section(plots: dict[str, bytes]) -> str:
+    """The report's "Optuna study" section: each plot inline, linked to its full-size copy (relative path)."""
+    e = html.escape
+    shots = "".join(f'<figure><a href="{e(path)}">{img(data, path)}</a><figcaption>{e(path)}</figcaption></figure>'
+                    for path, data in plots.items())
+    return f"<h2>Optuna study</h2>{shots}" if shots else ""
 
 
 def run_url(sel: Selection, ui_url: str | None, run: pd.Series) -> str:
@@ -126,8 +165,9 @@ img { max-width: 100%; }
 
 
 def html_report(sel: Selection, table: Table, epoch: str, figures: dict[str, bytes], thumbs: int,
-                ui_url: str | None) -> str:
-    """The report page: selection, table, notes, figures, and per run a link and its plot thumbnails."""
+                ui_url: str | None, study: dict[str, bytes] | None = None) -> str:
+    """The report page: selection, table, notes, figures, a study's Optuna plots (``study``, as
+    :func:`study_plots` gives), and per run a link and its plot thumbnails."""
     e = html.escape
     parts = [f"<h1>Comparison by {e(', '.join(sel.keys) or 'setting')}</h1>", f"<p>{e(sel.description)}</p>",
              f"<p>{e(table.caption(epoch))}</p>",
@@ -135,7 +175,12 @@ def html_report(sel: Selection, table: Table, epoch: str, figures: dict[str, byt
     notes = table.notes()
     if notes:
         parts.append("<h2>Not counted</h2><ul>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>")
+    merged = table.merged()
+    if merged:
+        parts.append("<h2>Repeats merged</h2><ul>" + "".join(f"<li>{e(m)}</li>" for m in merged) + "</ul>")
     parts += [f"<h2>{e(title)}</h2>{img(data, title)}" for title, data in figures.items()]
+    if study:
+        parts.append(study_section(study))
     parts.append("<h2>Runs</h2>")
     for _, run in sel.runs.iterrows():
         status = run.excluded if isinstance(run.excluded, str) else run.status.lower()

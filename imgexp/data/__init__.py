@@ -4,8 +4,8 @@ cannot hold stream through DataLoader workers); batches are augmented and normal
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Union
+from dataclasses import dataclass, field
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ from imgexp.data.cache import Cached, cache_bytes, cached_images
 from imgexp.data.decode import decode_files, majority_geometry
 from imgexp.data.loader import Shard, StreamLoader, TensorLoader
 from imgexp.data.normalize import channel_stats
+from imgexp.data.records import SplitRecord, split_records
 from imgexp.data.sources import SOURCES, Files, Images, Samples, Source, load_source, register_source
 from imgexp.data.split import stratified_split, stratified_subset
 
@@ -38,11 +39,23 @@ class DataInfo:
 
 
 @dataclass
+class Preprocessing:
+    """What turns an image into the model's input: stored at ``stored`` (H, W), centre-cropped to the model's
+    size, ``(x - mean) / std`` per channel (0..255 units)."""
+
+    stored: tuple[int, int]
+    mean: list[float]
+    std: list[float]
+
+
+@dataclass
 class Data:
     info: DataInfo
     train: Loader
     val: Loader
     test: Loader
+    preprocessing: Optional[Preprocessing] = None
+    records: list[SplitRecord] = field(default_factory=list)
 
 
 def labels(samples: Samples) -> np.ndarray:
@@ -162,6 +175,7 @@ def build(data_cfg, aug_cfg, norm_cfg, batch: int, seed: int, device: torch.devi
     parts = split(source, data_cfg)
     if data_cfg.subset is not None:
         parts = subset(parts, data_cfg.subset, data_cfg.split_seed)
+    records = split_records(parts, data_cfg, source.class_names)
     size, channels = geometry(parts[0], data_cfg)
     stored = (data_cfg.cache_size,) * 2 if data_cfg.cache_size else size
     files = sum(len(p.y) for p in parts if isinstance(p, Files))
@@ -220,4 +234,6 @@ def build(data_cfg, aug_cfg, norm_cfg, batch: int, seed: int, device: torch.devi
                  f"; the last {dropped} training images of each shuffled epoch are left out (fewer than the ranks)"
                  if 0 < dropped < shard.world else "")
     info = DataInfo(channels, size[0], size[1], len(class_names), class_names)
-    return Data(info, loader(parts[0], True), loader(parts[1], False), loader(parts[2], False))
+    preprocessing = Preprocessing(stored, mean.flatten().tolist(), std.flatten().tolist())
+    return Data(info, loader(parts[0], True), loader(parts[1], False), loader(parts[2], False), preprocessing,
+                records)

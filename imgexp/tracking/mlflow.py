@@ -52,6 +52,13 @@ class Tracker:
 
     def set_tags(self, tags: dict[str, str]) -> None: ...
 
+    def log_datasets(self, records: list) -> None:
+        """The run's splits (:class:`imgexp.data.records.SplitRecord`) as MLflow dataset inputs."""
+
+    def log_model(self, weights: Path, spec, example) -> Optional[str]:
+        """The best weights as the run's MLflow model (see :mod:`imgexp.tracking.logged_model`): its URI."""
+        return None
+
     def last_logged_epoch(self) -> int:
         """The last epoch whose metrics the run holds (0: none); a resumed run logs only later ones."""
         return 0
@@ -167,6 +174,22 @@ class MlflowTracker(Tracker):
         self._do(lambda: self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]),
                  lambda: self.spool.append({"op": "tags", "tags": {k: str(v) for k, v in tags.items()}}))
 
+    def log_datasets(self, records: list) -> None:
+        from dataclasses import asdict
+
+        rows = [asdict(r) for r in records]
+        self._do(lambda: log_inputs(self.client, self.run_id, rows),
+                 lambda: self.spool.append({"op": "inputs", "records": rows}))
+
+    def log_model(self, weights: Path, spec, example) -> Optional[str]:
+        if self.offline:  # the server is away: the weights are in the spooled checkpoints
+            log.warning("tracking server %s unreachable: the best model is not logged as an MLflow model; its "
+                        "weights are in the run's checkpoints/best.pt", self.uri)
+            return None
+        from imgexp.tracking.logged_model import log_model
+
+        return log_model(self.uri, self.run_id, weights, spec, example)
+
     def last_logged_epoch(self) -> int:
         history = self.client.get_metric_history(self.run_id, "val/acc")
         return max((m.step for m in history), default=0)
@@ -205,6 +228,42 @@ class MlflowTracker(Tracker):
         log.error("tracking server %s still unreachable: %d operations of run %s are kept in %s; send them "
                   "with: python -m imgexp.tracking.spool %s%s", self.uri, self.spool.pending(), self.run_id,
                   self.spool.folder, self.spool.folder, uri)
+
+
+MAX_CLASSES_LISTED = 100  # in a dataset's profile
+
+
+def dataset_inputs(records: list[dict]) -> list:
+    """MLflow dataset inputs of split records (as dicts), each tagged with its split as its context."""
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    def profile(r: dict) -> str:
+        names = r["class_names"]
+        return json.dumps({"num_images": r["images"], "num_classes": len(names),
+                           "classes": names[:MAX_CLASSES_LISTED] + ["..."] * (len(names) > MAX_CLASSES_LISTED)})
+
+    return [DatasetInput(Dataset(r["name"], r["digest"], "local" if r["source"].startswith("/") else "code",
+                                 json.dumps({"uri": mask(r["source"])}), profile=profile(r)),
+                         [InputTag("mlflow.data.context", r["split"])]) for r in records]
+
+
+RACE_MARKERS = ("UNIQUE constraint failed", "duplicate key value", "Duplicate entry")  # SQLite, PostgreSQL, MySQL
+
+
+def log_inputs(client, run_id: str, records: list[dict], tries: int = 5) -> None:
+    """Log split records as the run's dataset inputs. A data set is one row per experiment that its runs
+    share: when runs started together insert it at once, the store's unique constraint fails all but one,
+    and the others log again (then finding the row)."""
+    for attempt in range(tries):
+        try:
+            client.log_inputs(run_id, datasets=dataset_inputs(records))
+            return
+        except Exception as err:  # noqa: BLE001 - the race above, else raised
+            if attempt == tries - 1 or not any(m in str(err) for m in RACE_MARKERS):
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def tracking_uri(configured: Optional[str]) -> str:

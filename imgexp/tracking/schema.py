@@ -13,6 +13,8 @@ class TrackingConfig:
     run_name: Optional[str] = None
     parent_run_id: Optional[str] = None  # set by imgexp's sweepers: the sweep's MLflow parent run
     job_name: Optional[str] = None  # set by imgexp's sweepers: the job's swept values, its run's name
+    log_model: bool = True  # the best weights as the run's MLflow model (runs:/<run id>/model)
+    register: Optional[str] = None  # register that model under this name (a sweep: its best job's model)
     offline_wait_s: float = 600  # a server down at the run's end: wait this long, then keep the rest on disk
 
 

@@ -88,6 +88,10 @@ class Spool:
                 client.log_artifact(run_id, str(self.folder / op["file"]), op["artifact_path"])
             elif op["op"] == "tags":
                 client.log_batch(run_id, tags=[RunTag(k, v) for k, v in op["tags"].items()])
+            elif op["op"] == "inputs":
+                from imgexp.tracking.mlflow import log_inputs
+
+                log_inputs(client, run_id, op["records"])
             elif op["op"] == "end":
                 client.set_terminated(run_id, op["status"])
             self.meta["sent"] = i + 1

@@ -77,6 +77,7 @@ class ParentRun:
                  run_id: Optional[str] = None) -> None:
         self.run_id: Optional[str] = None
         self.heartbeat: Optional[Heartbeat] = None
+        self.register = tracking.get("register")  # the registered model the best job's model becomes
         if not tracking.enabled:
             return
         self.client = open_store(tracking_uri(tracking.uri))
@@ -117,8 +118,35 @@ class ParentRun:
 
         return count_reused(self.client, self.client.get_run(self.run_id).info.experiment_id, self.run_id)
 
-    def close(self, failed: bool, metrics: dict[str, float], tags: dict[str, str], files: list[Path]) -> None:
-        """Log the summary (metrics, tags, ``files`` as artifacts) and end the run."""
+    def register_best(self, metric: str, maximize: bool) -> dict[str, str]:
+        """Register the model of the best FINISHED, unpruned child by ``metric`` (a reused job's: its trained
+        run's) as a new version of :attr:`register`; returns tags for the parent run (none without a model)."""
+        from imgexp.tracking.logged_model import REGISTERED_TAG, register
+        from imgexp.tracking.mlflow import STATUS_TAG
+        from imgexp.tracking.reuse import REUSED_FROM_TAG
+
+        experiment = self.client.get_run(self.run_id).info.experiment_id
+        children = [r for r in self.client.search_runs(
+            [experiment], f"tags.`mlflow.parentRunId` = '{self.run_id}' and attributes.status = 'FINISHED'",
+            max_results=50000) if STATUS_TAG not in r.data.tags and metric in r.data.metrics]
+        if not children:
+            log.warning("no finished job logged %s: no model registered as %r", metric, self.register)
+            return {}
+        best = (max if maximize else min)(children, key=lambda r: r.data.metrics[metric])
+        trained = self.client.get_run(best.data.tags.get(REUSED_FROM_TAG, best.info.run_id))
+        if not trained.outputs or not trained.outputs.model_outputs:
+            log.warning("the best job's run %s logged no model (tracking.log_model=false): none registered as %r",
+                        trained.info.run_id, self.register)
+            return {}
+        model_uri = f"models:/{trained.outputs.model_outputs[-1].model_id}"
+        log.info("the best job: run %s, %s %.4f", best.info.run_id, metric, best.data.metrics[metric])
+        version = register(self.client.tracking_uri, model_uri, self.register, trained.info.run_id)
+        return {REGISTERED_TAG: version, "imgexp.registered_run": trained.info.run_id}
+
+    def close(self, failed: bool, metrics: dict[str, float], tags: dict[str, str], files: list[Path],
+              root: Optional[Path] = None) -> None:
+        """Log the summary (metrics, tags, ``files`` as artifacts: in the folders they are in under ``root``,
+        else at the top) and end the run."""
         if not self.run_id:
             return
         self.heartbeat.stop()
@@ -127,7 +155,8 @@ class ParentRun:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, mask(str(value)))
         for path in files:
-            self.client.log_artifact(self.run_id, str(path))
+            folder = path.parent.relative_to(root).as_posix() if root else "."
+            self.client.log_artifact(self.run_id, str(path), None if folder == "." else folder)
         self.client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED")
 
 
@@ -147,9 +176,34 @@ def failure(ret: JobReturn, error: BaseException) -> dict[str, Any]:
             "error": describe(error)}
 
 
+def save_figures(figures: dict[str, Any], folder: Path) -> list[Path]:
+    """Write each figure as a PNG at its path under ``folder`` (``optuna/pareto_front.png``) and close it."""
+    from imgexp.analysis.pyplot import plt
+
+    paths = []
+    for name, figure in figures.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, bbox_inches="tight")  # legends drawn outside the axes stay in
+        plt.close(figure)
+        paths.append(path)
+    return paths
+
+
+def objective(config: DictConfig) -> tuple[str, bool]:
+    """A grid sweep's objective: the first ``optimized_metric``, higher better unless it is a loss."""
+    from imgexp.config import as_list
+
+    metric = as_list(config.optimized_metric)[0]
+    return metric, "loss" not in metric
+
+
 def finish(counts: dict[str, int], failed: list[dict], sweep_dir: Path, parent: ParentRun,
-           results: Optional[dict] = None) -> None:
-    """Log and save the summary (and ``results``), close the parent run, raise if a job failed."""
+           results: Optional[dict] = None, figures: Optional[dict[str, Any]] = None,
+           objective: Optional[tuple[str, bool]] = None) -> None:
+    """Log and save the summary (and ``results``, and ``figures`` by artifact path as PNGs in ``sweep_dir``),
+    register the best job's model when the sweep's ``tracking.register`` asks (``objective``: the metric and
+    whether higher is better), close the parent run, raise if a job failed."""
     for f in failed:
         log.error("job %s failed (%s): %s", f["job"], " ".join(f["overrides"]), f["error"])
     log.info("sweep done: %s; summary in %s", ", ".join(f"{v} {k}" for k, v in counts.items()), sweep_dir)
@@ -161,11 +215,13 @@ def finish(counts: dict[str, int], failed: list[dict], sweep_dir: Path, parent: 
     sweep_dir.mkdir(parents=True, exist_ok=True)
     for name, content in files.items():
         (sweep_dir / name).write_text(mask(json.dumps(content, indent=2)))
-    written = [sweep_dir / name for name in files]
+    written = [sweep_dir / name for name in files] + save_figures(figures or {}, sweep_dir)
     metrics = {f"sweep/{k}": float(v) for k, v in counts.items()}
     if results and "best_value" in results:
         metrics["sweep/best_value"] = float(results["best_value"])
-    parent.close(bool(failed), metrics, tags, written)
+    if parent.register and parent.run_id and objective:
+        tags |= parent.register_best(*objective)
+    parent.close(bool(failed), metrics, tags, written, sweep_dir)
     if failed:
         raise SweepFailed(f"{len(failed)} of {counts.get('jobs', counts.get('trials'))} jobs failed "
                           f"(details in {sweep_dir / 'sweep_summary.json'}); first: "

@@ -1,0 +1,165 @@
+"""``python -m imgexp.evaluate run=<run id | model URI> [data=<set> data.root=...] [split=test|val]``: test a
+run's MLflow model on its own data (its config's ``data``) or on another data set, with the metrics, per-class
+table and confusion plot of training, logged as a new MLflow run tagged with the evaluated run
+(``imgexp.evaluated_run``); its params are the trained run's, with ``data.*`` those evaluated on and
+``evaluation.trained_on`` the training data's name (``compare columns=[evaluation.trained_on,data]``).
+Configured by conf/evaluate.yaml."""
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from imgexp import redact
+from imgexp.config import ConfigError, require, require_choice
+from imgexp.errors import one_line_exit, run_app
+from imgexp.register import register
+
+log = logging.getLogger(__name__)
+EVALUATED_TAG = "imgexp.evaluated_run"  # on an evaluation run: the run whose model it tested
+
+
+@dataclass
+class EvaluateConfig:
+    run: str = MISSING  # a run id, runs:/<run id>/model, models:/<name>/<version>, or a model folder
+    data: Any = None  # a data group option (data=cifar10 data.root=...); None: the evaluated run's data
+    split: str = "test"  # test | val
+    batch: Optional[int] = None  # None: the evaluated run's batch
+    topk: int = 2
+    device: str = "auto"
+    tracking_uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here
+    experiment: Optional[str] = None  # None: the evaluated run's experiment
+    output_dir: str = MISSING
+
+    def __post_init__(self) -> None:
+        require_choice(self.split, ("test", "val"), "split")
+        require(self.batch is None or self.batch >= 1, "batch", "must be >= 1")
+        require(self.topk >= 1, "topk", "must be >= 1")
+
+
+ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)
+
+
+def trained_config(client, run_id: str) -> DictConfig:
+    """The evaluated run's resolved config (its ``config.yaml`` artifact)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return OmegaConf.load(client.download_artifacts(run_id, "config.yaml", tmp))
+
+
+def evaluation_data(cfg: DictConfig, spec) -> DictConfig:
+    """The data config to evaluate on, at the model's size, stored size and channels."""
+    data = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    (h, w), (sh, sw) = spec.size, spec.stored
+    if h == w:
+        data.image_size, data.cache_size = h, (sh if (sh, sw) != (h, w) else None)
+    data.channels = spec.channels
+    return data
+
+
+def label_map(data_names: list[str], model_names: list[str]):
+    """Each data class's index among the model's classes; one clear line when some are not the model's."""
+    import torch
+
+    unknown = [n for n in data_names if n not in model_names]
+    if unknown:
+        raise ConfigError("data", f"classes {', '.join(unknown[:10])}{' ...' * (len(unknown) > 10)} are not among "
+                                  f"the model's {len(model_names)} classes ({', '.join(model_names[:10])}"
+                                  f"{' ...' * (len(model_names) > 10)})")
+    return torch.tensor([model_names.index(n) for n in data_names])
+
+
+def logits_of(classifier, batches, mapping):
+    """The model's logits and the (model-indexed) labels of a split's batches."""
+    import torch
+
+    xs, ys = [], []
+    with torch.no_grad():
+        for x, y in batches:
+            xs.append(classifier.model(classifier.normalize(x)).float().cpu())
+            ys.append(mapping[y.cpu()])
+    return torch.cat(xs), torch.cat(ys)
+
+
+def evaluate(cfg: EvaluateConfig, data_node: Optional[DictConfig], output_dir: str | Path) -> str:
+    """Evaluate ``cfg.run``'s model on ``data_node`` (None: its own data); returns the printed summary."""
+    import mlflow
+    import torch.nn.functional as F
+
+    from imgexp import data as data_lib
+    from imgexp.classifier import Classifier
+    from imgexp.data.schema import AugmentationConfig, NormalizationConfig
+    from imgexp.run import flat_params, summary_table
+    from imgexp.runtime import resolve_device
+    from imgexp.tracking import start_run
+    from imgexp.tracking.logged_model import model_folder
+    from imgexp.tracking.mlflow import open_store, tracking_uri
+    from imgexp.train.metrics import classification_metrics, confusion_counts, confusion_table, per_class_table
+
+    uri = tracking_uri(cfg.tracking_uri)
+    client = open_store(uri)
+    device = resolve_device(cfg.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        classifier = Classifier(model_folder(cfg.run, uri, tmp, "run"), device)
+    spec, run_id = classifier.spec, classifier.spec.run_id
+    try:
+        trained_run = client.get_run(run_id)
+    except Exception:  # noqa: BLE001 - a model folder or URI whose run is in another store
+        raise ConfigError("run", f"the model's run {run_id} is not in {redact.mask(uri)}") from None
+    trained = trained_config(client, run_id)
+    data_cfg = evaluation_data(data_node if data_node is not None else trained.data, spec)
+    none = OmegaConf.structured(AugmentationConfig())
+    data = data_lib.build(data_cfg, none, OmegaConf.structured(NormalizationConfig("none")),
+                          cfg.batch or trained.batch, trained.seed, device)
+    mapping = label_map(data.info.class_names, spec.class_names)
+    logits, targets = logits_of(classifier, getattr(data, cfg.split), mapping)
+    metrics = {f"{cfg.split}/loss": F.cross_entropy(logits, targets).item(),
+               **classification_metrics(logits, targets, cfg.split, cfg.topk)}
+    params = {**trained_run.data.params,
+              **{k: v for k, v in flat_params(OmegaConf.create({"data": data_cfg})).items()},
+              "evaluation.trained_on": trained.data.name, "evaluation.split": cfg.split,
+              "evaluation.model": cfg.run}
+    experiment = cfg.experiment or mlflow.MlflowClient(uri).get_experiment(trained_run.info.experiment_id).name
+    name = f"evaluate {trained_run.info.run_name} on {data_cfg.name} {cfg.split}"
+    tags = {EVALUATED_TAG: run_id, "imgexp.role": "evaluation", "imgexp.model": spec.model["name"],
+            "imgexp.data": data_cfg.name}
+    with start_run(True, uri, experiment, name, params, tags, spool_dir=Path(output_dir) / "mlflow_spool") as tracker:
+        split = {"test": 2, "val": 1}[cfg.split]
+        tracker.log_datasets([data.records[split]])
+        tracker.log_metrics(metrics)
+        counts = confusion_counts(logits, targets)
+        names = spec.class_names
+        tracker.log_text(per_class_table(counts, names).to_csv(index=False), "metrics/per_class.csv")
+        confusion = confusion_table(counts, names)
+        tracker.log_text(confusion.to_csv(), "metrics/confusion_matrix.csv")
+        from imgexp.analysis import confusion_figure
+        from imgexp.analysis.pyplot import plt
+
+        figure = confusion_figure(confusion)
+        tracker.log_figure(figure, "plots/confusion_matrix.png")
+        plt.close(figure)
+    return (f"{spec.model['name']} of run {run_id} on {data_cfg.name} ({cfg.split}, {len(targets)} images)\n"
+            f"{summary_table(metrics)}\nresults: {tracker.where()}")
+
+
+@hydra.main(version_base=None, config_path="pkg://imgexp.conf", config_name="evaluate")
+def app(cfg: DictConfig) -> None:
+    hc = redact.install_for_job()
+    with one_line_exit():
+        settings = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(EvaluateConfig),
+                                                       {k: v for k, v in cfg.items() if k != "data"}))
+        print(evaluate(settings, cfg.data, hc.runtime.output_dir))
+
+
+def main() -> None:
+    register()
+    run_app(app)
+
+
+if __name__ == "__main__":
+    main()

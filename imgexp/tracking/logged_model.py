@@ -1,0 +1,114 @@
+"""A run's best model as an MLflow logged model (a pyfunc whose ``loader_module`` is :mod:`imgexp.classifier`:
+state dict + JSON spec, no pickled code), registration in MLflow's model registry, and the resolution of a
+model reference (run id, ``runs:/``, ``models:/``, a folder) to a local classifier folder."""
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from imgexp import __version__
+from imgexp.classifier import Classifier, Spec, save
+from imgexp.config import ConfigError
+from imgexp.errors import describe
+
+log = logging.getLogger(__name__)
+MODEL_NAME = "model"  # the logged model's name: runs:/<run id>/model
+REGISTERED_TAG = "imgexp.registered"  # on a run whose model was registered: "<name>/<version>"
+
+
+def requirements() -> list[str]:
+    """What loading the model needs (given, so that MLflow does not infer it by loading the model)."""
+    import torch
+    import torchvision
+
+    return [f"imgexp=={__version__}", f"torch=={torch.__version__.split('+')[0]}",
+            f"torchvision=={torchvision.__version__.split('+')[0]}", "numpy", "pandas"]
+
+
+def signature(spec: Spec, example: np.ndarray):
+    """Input: uint8 images (N, H, W, C), any H and W; output: class, probability, one prob_<class> each."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    outputs = [ColSpec("string", "class"), ColSpec("double", "probability")]
+    outputs += [ColSpec("double", f"prob_{n}") for n in spec.class_names]
+    return ModelSignature(Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, example.shape[-1]))]), Schema(outputs))
+
+
+def log_model(uri: str, run_id: str, weights: str | Path, spec: Spec, example: np.ndarray) -> Optional[str]:
+    """Log ``weights`` with ``spec`` as run ``run_id``'s MLflow model named :data:`MODEL_NAME`, linked to the
+    run's step-0 metrics (the test metrics); returns its ``models:/<model id>`` URI, or None (one warning)
+    when the store cannot take it: the checkpoints hold the weights anyway."""
+    import mlflow
+    import mlflow.pyfunc
+    from mlflow.models import Model
+
+    began = time.perf_counter()
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(uri)
+    try:
+        run = client.get_run(run_id)  # the model goes to the run's experiment, with the run's params
+        model = client.create_logged_model(run.info.experiment_id, MODEL_NAME, run_id, model_type="imgexp",
+                                           params={k: v[:1000] for k, v in run.data.params.items()})
+        with tempfile.TemporaryDirectory() as tmp:
+            data = save(Path(tmp) / "classifier", weights, spec)
+            info = Model.log(artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id,
+                             model_id=model.model_id, loader_module="imgexp.classifier", data_path=str(data),
+                             signature=signature(spec, example), input_example=example,
+                             pip_requirements=requirements(), step=0,
+                             metadata={"imgexp_version": __version__, "class_names": spec.class_names})
+        client.finalize_logged_model(model.model_id, "READY")
+    except Exception as err:  # noqa: BLE001 - a server gone, a full store: the run's results stand
+        log.warning("the best model was not logged as an MLflow model (%s); its weights are in the run's "
+                    "checkpoints/best.pt", describe(err)[:300])
+        return None
+    log.info("logged the best model as %s (%.1f s)", info.model_uri, time.perf_counter() - began)
+    return info.model_uri
+
+
+def register(uri: str, model_uri: str, name: str, run_id: str) -> str:
+    """Register ``model_uri`` as a new version of registered model ``name``; returns ``name/version``."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    version = mlflow.register_model(model_uri, name, tags={"imgexp.run_id": run_id})
+    log.info("registered %s as model %r version %s", model_uri, name, version.version)
+    return f"{name}/{version.version}"
+
+
+def model_folder(reference: str, uri: Optional[str], dst: str | Path, key: str = "model") -> Path:
+    """The local classifier folder of ``reference``: a run id, ``runs:/<id>/model``, ``models:/<name>/<version>``
+    (or ``models:/<model id>``), an MLflow model folder or a classifier folder; downloaded into ``dst``.
+    Errors name config key ``key``."""
+    import os
+
+    import mlflow
+
+    from imgexp.classifier import SPEC_FILE
+    from imgexp.tracking.mlflow import tracking_uri
+
+    local = Path(reference)
+    if not (local / SPEC_FILE).exists() and not (local / "data" / "classifier" / SPEC_FILE).exists():
+        if "://" not in reference and ":/" not in reference:
+            reference = f"runs:/{reference}/{MODEL_NAME}"
+        mlflow.set_tracking_uri(tracking_uri(uri))
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(reference, dst_path=str(dst)))
+        except Exception as err:  # noqa: BLE001 - no such run or model, no server
+            raise ConfigError(key, f"cannot load {reference}: {describe(err)[:300]}") from None
+    for folder in (local, local / "data" / "classifier"):
+        if (folder / SPEC_FILE).exists():
+            return folder
+    raise ConfigError(key, f"{reference} is not an imgexp model (no {SPEC_FILE}): log it with imgexp >= 0.2")
+
+
+def load_classifier(reference: str, uri: Optional[str], device: str = "cpu") -> Classifier:
+    """:class:`Classifier` of ``reference`` (see :func:`model_folder`), on ``device``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return Classifier(model_folder(reference, uri, tmp), device)
