@@ -1,6 +1,8 @@
 """One-line error messages, the way imgexp reports every failure on the command line and in MLflow."""
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import os
 import signal
 import sys
@@ -18,10 +20,27 @@ def describe(err: BaseException) -> str:
     cause = getattr(err.__cause__, "msg", None)
     if cause:
         parts.append(str(cause).strip().splitlines()[0])
+    parts += suggestions(err)
+    return mask(" ".join(parts))  # printed, logged and stored in MLflow: no URI password
+
+
+def closest(word: str, known: list[str]) -> list[str]:
+    """The known words closest to a mistyped one, closest first (at most 3)."""
+    return difflib.get_close_matches(word, known, n=3, cutoff=0.6)
+
+
+def suggestions(err: BaseException) -> list[str]:
+    """For a key the config has not (``epoch=3``: "did you mean epochs?") or an option its group has not
+    (``model=resnet181``: the closest options first, then every one)."""
     options = getattr(err, "options", None)  # Hydra's MissingConfigException lists a group's options
     if options:
-        parts.append(f"(available: {', '.join(options)})")
-    return mask(" ".join(parts))  # printed, logged and stored in MLflow: no URI password
+        near = closest(str(getattr(err, "missing_cfg_file", "")).rsplit("/", 1)[-1], list(options))
+        return ([f"(did you mean {' or '.join(near)}?)"] if near else []) + [f"(available: {', '.join(options)})"]
+    cause, keys = err.__cause__, []
+    schema = getattr(cause, "object_type", None)
+    if dataclasses.is_dataclass(schema) and getattr(cause, "key", None) is not None:
+        keys = closest(str(cause.key), [f.name for f in dataclasses.fields(schema)])
+    return [f"(did you mean {' or '.join(keys)}?)"] if keys else []
 
 
 def one_line(err: BaseException) -> str:

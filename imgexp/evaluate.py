@@ -7,7 +7,6 @@ Configured by conf/evaluate.yaml."""
 from __future__ import annotations
 
 import logging
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -18,6 +17,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from imgexp import redact
 from imgexp.config import ConfigError, require, require_choice
+from imgexp.help import stage_help
 from imgexp.errors import one_line_exit, run_app
 from imgexp.register import register
 
@@ -46,22 +46,6 @@ class EvaluateConfig:
 ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)
 
 
-def trained_config(client, run_id: str) -> DictConfig:
-    """The evaluated run's resolved config (its ``config.yaml`` artifact)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        return OmegaConf.load(client.download_artifacts(run_id, "config.yaml", tmp))
-
-
-def evaluation_data(cfg: DictConfig, spec) -> DictConfig:
-    """The data config to evaluate on, at the model's size, stored size and channels."""
-    data = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    (h, w), (sh, sw) = spec.size, spec.stored
-    if h == w:
-        data.image_size, data.cache_size = h, (sh if (sh, sw) != (h, w) else None)
-    data.channels = spec.channels
-    return data
-
-
 def label_map(data_names: list[str], model_names: list[str]):
     """Each data class's index among the model's classes; one clear line when some are not the model's."""
     import torch
@@ -74,57 +58,44 @@ def label_map(data_names: list[str], model_names: list[str]):
     return torch.tensor([model_names.index(n) for n in data_names])
 
 
-def logits_of(classifier, batches, mapping):
-    """The model's logits and the (model-indexed) labels of a split's batches."""
+def logits_of(model, batches, mapping):
+    """The model's logits and the (model-indexed) labels of model-ready batches."""
     import torch
 
     xs, ys = [], []
     with torch.no_grad():
         for x, y in batches:
-            xs.append(classifier.model(classifier.normalize(x)).float().cpu())
+            xs.append(model(x).float().cpu())
             ys.append(mapping[y.cpu()])
     return torch.cat(xs), torch.cat(ys)
 
 
 def evaluate(cfg: EvaluateConfig, data_node: Optional[DictConfig], output_dir: str | Path) -> str:
     """Evaluate ``cfg.run``'s model on ``data_node`` (None: its own data); returns the printed summary."""
-    import mlflow
     import torch.nn.functional as F
 
-    from imgexp import data as data_lib
-    from imgexp.classifier import Classifier
-    from imgexp.data.schema import AugmentationConfig, NormalizationConfig
+    from imgexp.rebuild import rebuild
     from imgexp.run import flat_params, summary_table
     from imgexp.runtime import resolve_device
     from imgexp.tracking import start_run
-    from imgexp.tracking.logged_model import model_folder
     from imgexp.tracking.mlflow import open_store, tracking_uri
     from imgexp.train.metrics import classification_metrics, confusion_counts, confusion_table, per_class_table
 
     uri = tracking_uri(cfg.tracking_uri)
     client = open_store(uri)
-    device = resolve_device(cfg.device)
-    with tempfile.TemporaryDirectory() as tmp:
-        classifier = Classifier(model_folder(cfg.run, uri, tmp, "run"), device)
-    spec, run_id = classifier.spec, classifier.spec.run_id
-    try:
-        trained_run = client.get_run(run_id)
-    except Exception:  # noqa: BLE001 - a model folder or URI whose run is in another store
-        raise ConfigError("run", f"the model's run {run_id} is not in {redact.mask(uri)}") from None
-    trained = trained_config(client, run_id)
-    data_cfg = evaluation_data(data_node if data_node is not None else trained.data, spec)
-    none = OmegaConf.structured(AugmentationConfig())
-    data = data_lib.build(data_cfg, none, OmegaConf.structured(NormalizationConfig("none")),
-                          cfg.batch or trained.batch, trained.seed, device)
+    rebuilt = rebuild(client, uri, cfg.run, resolve_device(cfg.device), data_node, cfg.batch)
+    classifier, trained_run, trained, data_cfg, data = (rebuilt.classifier, rebuilt.run, rebuilt.config,
+                                                       rebuilt.data_cfg, rebuilt.data)
+    spec, run_id = classifier.spec, trained_run.info.run_id
     mapping = label_map(data.info.class_names, spec.class_names)
-    logits, targets = logits_of(classifier, getattr(data, cfg.split), mapping)
+    logits, targets = logits_of(classifier.model, rebuilt.model_ready(cfg.split), mapping)
     metrics = {f"{cfg.split}/loss": F.cross_entropy(logits, targets).item(),
                **classification_metrics(logits, targets, cfg.split, cfg.topk)}
     params = {**trained_run.data.params,
               **{k: v for k, v in flat_params(OmegaConf.create({"data": data_cfg})).items()},
               "evaluation.trained_on": trained.data.name, "evaluation.split": cfg.split,
               "evaluation.model": cfg.run}
-    experiment = cfg.experiment or mlflow.MlflowClient(uri).get_experiment(trained_run.info.experiment_id).name
+    experiment = cfg.experiment or client.get_experiment(trained_run.info.experiment_id).name
     name = f"evaluate {trained_run.info.run_name} on {data_cfg.name} {cfg.split}"
     tags = {EVALUATED_TAG: run_id, "imgexp.role": "evaluation", "imgexp.model": spec.model["name"],
             "imgexp.data": data_cfg.name}
@@ -157,6 +128,8 @@ def app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    if stage_help("evaluate.yaml"):
+        return
     register()
     run_app(app)
 

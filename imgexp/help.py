@@ -22,6 +22,7 @@ def options(folder) -> list[str]:
 
 
 NOT_GROUPS = ("hydra", "predict", "__pycache__")  # folders of conf/ that are not groups of the training config
+PRESETS = ("debug",)  # groups whose options set keys of other groups (``# @package _global_``), without a schema
 
 
 def groups() -> dict[str, list[str]]:
@@ -33,12 +34,30 @@ def groups() -> dict[str, list[str]]:
     return dict(sorted(found.items()))
 
 
-def top_level_keys() -> list[str]:
-    """The primary config's own keys with their comments (the lines between the defaults list and ``hydra:``)."""
-    lines = (files("imgexp.conf") / "config.yaml").read_text().splitlines()
+def top_level_keys(config: str = "config.yaml") -> list[str]:
+    """A config's own keys with their comments (the lines between the defaults list and ``hydra:``)."""
+    lines = (files("imgexp.conf") / config).read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.strip() == "- _self_") + 1
     end = next(i for i, line in enumerate(lines) if line.startswith("hydra:"))
     return [line for line in lines[start:end] if line.strip()]
+
+
+def stage_text(config: str) -> str:
+    """``--help`` of ``python -m imgexp.compare``, ``.predict`` or ``.evaluate``: the header comment of its
+    YAML (what it does, example commands) and every key with its comment."""
+    lines = (files("imgexp.conf") / config).read_text().splitlines()
+    header = [line.removeprefix("#").removeprefix(" ") for line in lines if line.startswith("#")]
+    return "\n".join([*header, "", "Keys (key=value):", *(f"  {line}" for line in top_level_keys(config))])
+
+
+def stage_help(config: str) -> bool:
+    """Print :func:`stage_text` and say True when the command line asks for ``--help``."""
+    import sys
+
+    if "--help" not in sys.argv[1:] and "-h" not in sys.argv[1:]:
+        return False
+    print(stage_text(config))
+    return True
 
 
 def text() -> str:

@@ -18,6 +18,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from imgexp import redact
 from imgexp.config import ConfigError, as_list, require
+from imgexp.help import stage_help
 from imgexp.errors import one_line_exit, run_app
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,8 @@ def app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    if stage_help("predict/predict.yaml"):
+        return
     run_app(app)
 
 

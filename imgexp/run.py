@@ -56,6 +56,17 @@ def summary_table(metrics: dict[str, float]) -> str:
     return "\n".join(f"  {k:<{width}}  {v:.4f}" for k, v in metrics.items())
 
 
+def summary(result, epochs: int) -> str:
+    """The run's summary: the best epoch's train and val values and the test metrics of its weights, each
+    line from that one epoch (not the last one's train values beside the best one's test)."""
+    best = result.history[result.best_epoch - 1]
+    last = "" if result.best_epoch == len(result.history) else \
+        f"; the last epoch's val/acc {result.history[-1]['val/acc']:.4f}"
+    return (f"summary: epoch {result.best_epoch} of {epochs}, the best val/acc, and the test metrics of its "
+            f"weights{last}\n"
+            f"{summary_table({**best, **result.test})}")
+
+
 @dataclass
 class Job:
     """Everything one training run is built from."""
@@ -223,7 +234,8 @@ def starting_point(cfg: DictConfig, output_dir: Path, overrides: Sequence[str]) 
             start.values = returned(cfg, reused.data.metrics)
             return start
         wanted = "auto"  # a sweep job continues an interrupted run of its config
-    start.resumed = resume.prepare(wanted, cfg, start.digest, staged_dir(output_dir)) if wanted else None
+    asked = cfg.resume is not None or int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
+    start.resumed = resume.prepare(wanted, cfg, start.digest, staged_dir(output_dir), asked) if wanted else None
     if start.resumed is not None:  # the run keeps the config hash and overrides it was started with
         start.tags = {k: v for k, v in start.tags.items() if k not in (CONFIG_HASH_TAG, "imgexp.overrides")}
     return start
@@ -289,7 +301,7 @@ def run_rank(cfg: DictConfig, output_dir: Path, overrides: Sequence[str], ranks:
     if ranks.main and tracker.stored(checkpoint_dir):  # the checkpoints are in MLflow: not kept twice on this disk
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     if ranks.main:
-        log.info("summary (best epoch %d of %d)\n%s", result.best_epoch, cfg.epochs, summary_table(final))
+        log.info("%s", summary(result, cfg.epochs))
         log.info("results: output directory %s; %s", output_dir, tracker.where())
     return returned(cfg, final)
 

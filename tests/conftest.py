@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_module
 from PIL import Image
 
 import imgexp.conf
-from imgexp.help import NOT_GROUPS  # conf/'s folders that are not config groups (conf/predict/)
+from imgexp.help import NOT_GROUPS, PRESETS  # conf/'s folders that are not config groups, and presets
 from imgexp.register import register
 
 register()
@@ -24,7 +24,8 @@ CONF = Path(imgexp.conf.__file__).parent
 
 def config_options() -> list[tuple[str, str]]:
     """Every (group, option) pair found in conf/: tests discover options, they never list them."""
-    return sorted((p.parent.name, p.stem) for p in CONF.glob("*/*.yaml") if p.parent.name not in NOT_GROUPS)
+    return sorted((p.parent.name, p.stem) for p in CONF.glob("*/*.yaml")
+                  if p.parent.name not in NOT_GROUPS + PRESETS)
 
 
 @pytest.fixture(scope="session", autouse=True)

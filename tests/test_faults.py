@@ -200,7 +200,8 @@ def test_a_failing_value_in_a_sweep_is_a_failed_child_and_an_unknown_option_stop
     unknown = run_cli("-m", "model=small_cnn,resnet181", "epochs=1", *RUN[2:], cwd=workdir)
     assert unknown.returncode == 1
     assert unknown.stderr.strip().splitlines()[-1].startswith(
-        "imgexp: error: In 'config': Could not find 'model/resnet181' (available: ")
+        "imgexp: error: In 'config': Could not find 'model/resnet181' (did you mean resnet18 or resnet101 or "
+        "resnet152?) (available: ")
     assert not (workdir / "mlflow.db").exists() and not (workdir / "multirun").exists()
 
 

@@ -213,7 +213,8 @@ def test_optuna_median_pruner_prunes_the_hopeless_trials(workdir):
     by_trial = {int(r.data.tags["imgexp.trial"]): r for r in children}
     for number, r in by_trial.items():
         lr = study.trials[number].params["optimizer.lr"]
-        assert r.data.tags["mlflow.runName"] == f"trial {number}: optimizer.lr={lr}"
+        pruned_ = study.trials[number].state == TrialState.PRUNED
+        assert r.data.tags["mlflow.runName"] == f"trial {number}: optimizer.lr={lr}" + " (pruned)" * pruned_
     assert parent.data.tags["mlflow.runName"] == "optuna study prune"
     assert "trial." not in proc.stdout, "the launch lines show the user's overrides only"
     client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")

@@ -19,7 +19,7 @@ from hydra.core.utils import JobReturn
 from imgexp import redact
 from imgexp.tracking.mlflow import ERROR_TAG
 from imgexp.tracking.sweep import (ParentRun, check_composes, failure, finish, hide_internal_overrides, job_error,
-                                  job_name, objective)
+                                  job_name, light_analysis, objective)
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +55,15 @@ class GridSweeper(BasicSweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         redact.save_yaml(self.config, sweep_dir / "multirun.yaml")
         parent = ParentRun(self.config.tracking, str(sweep_dir), "grid", arguments)
+        light = light_analysis(self.config, [o for job in jobs for o in job])
+        parent.light = bool(light)
         hide_internal_overrides()
         names = job_names(jobs, self.config.model.name)
         returns: List[JobReturn] = []
         try:
             while not self.is_done():
-                batch = [list(job) + parent.child_override() + names[tuple(job)] for job in self.get_job_batch()]
+                batch = [list(job) + light + parent.child_override() + names[tuple(job)]
+                         for job in self.get_job_batch()]
                 self.validate_batch_is_legal(batch)
                 returns.extend(self.launcher.launch(batch, initial_job_idx=len(returns)))
         except BaseException:
@@ -69,5 +72,5 @@ class GridSweeper(BasicSweeper):
         failed = [failure(r, job_error(r)) for r in returns if job_error(r) is not None]
         reused = parent.reused()
         finish({"jobs": len(returns), "trained": len(returns) - len(failed) - reused, "reused": reused,
-                "failed": len(failed)}, failed, sweep_dir, parent, objective=objective(self.config))
+                "failed": len(failed)}, failed, sweep_dir, parent, objective(self.config))
         return [returns]

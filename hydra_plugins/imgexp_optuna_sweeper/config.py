@@ -19,7 +19,8 @@ class OptunaSweeperConf:
     max_failure_rate: float = 1.0  # stop claiming trials once failed / finished exceeds this
     pruner: str = "none"  # none | median | hyperband | successive_halving (imgexp.tracking.pruning.PRUNERS)
     pruner_startup_trials: int = 5  # median: trials finished before any pruning
-    pruner_warmup_steps: int = 0  # median: epochs of each trial never pruned
+    pruner_warmup_steps: Optional[int] = None  # median: the first epoch a trial can be pruned at; None: a
+    # third of the epochs, at least 2 (a trial is never judged on its first epoch alone)
     pruner_min_resource: int = 1  # hyperband / successive_halving: epochs before the first rung
     heartbeat_interval: int = 30  # seconds; a trial silent for 2x this is taken as dead and retried
     params: Optional[Dict[str, str]] = None  # search space in override syntax: {optimizer.lr: "tag(log, ...)"}

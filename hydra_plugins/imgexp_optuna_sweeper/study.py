@@ -42,7 +42,7 @@ from imgexp.errors import describe
 from imgexp import redact
 from imgexp.tracking.mlflow import ERROR_TAG, check_database
 from imgexp.tracking.sweep import (ParentRun, check_composes, failure, finish, hide_internal_overrides, job_error,
-                                  job_name)
+                                  job_name, light_analysis)
 from imgexp.tracking.pruning import PRUNERS, build_pruner
 from imgexp.tracking.study_plots import study_plots
 from imgexp.tracking.trial import CHECKPOINT_ATTR, PRUNER_ATTR
@@ -137,8 +137,9 @@ class StudySweeper(Sweeper):
 
     def _pruner_spec(self) -> dict:
         c = self.cfg
+        warmup = c.pruner_warmup_steps if c.pruner_warmup_steps is not None else warmup_steps(self.config.epochs)
         return {"name": c.pruner, "n_startup_trials": c.pruner_startup_trials,
-                "n_warmup_steps": c.pruner_warmup_steps, "min_resource": c.pruner_min_resource}
+                "n_warmup_steps": warmup, "min_resource": c.pruner_min_resource}
 
     # ------------------------------------------------------------------ the sweep
     def sweep(self, arguments: List[str]) -> Any:
@@ -189,7 +190,10 @@ class StudySweeper(Sweeper):
             parent.client.set_tag(parent.run_id, "imgexp.storage", safe_url)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         redact.save_yaml(self.config, sweep_dir / "multirun.yaml")
-        job_overrides = fixed + parent.child_override() + [f"trial.storage={quote(url)}", f"trial.study={quote(name)}"]
+        light = light_analysis(self.config, fixed + [f"{k}=" for k in space])
+        parent.light = bool(light)
+        job_overrides = fixed + light + parent.child_override() + [f"trial.storage={quote(url)}",
+                                                                   f"trial.study={quote(name)}"]
         hide_internal_overrides()
         run = _Run(self, study, storage, lock, parent, space, job_overrides, n_trials)
         try:
@@ -199,9 +203,16 @@ class StudySweeper(Sweeper):
             parent.close(True, {}, {ERROR_TAG: "sweep interrupted"}, [])
             raise
         metrics = as_list(self.config.optimized_metric)
-        finish(run.counts(), run.failed, sweep_dir, parent, results(study), study_plots(study, metrics),
-               (metrics[0], study.directions[0] == optuna.study.StudyDirection.MAXIMIZE))
+        finish(run.counts(), run.failed, sweep_dir, parent,
+               (metrics[0], study.directions[0] == optuna.study.StudyDirection.MAXIMIZE), results(study),
+               study_plots(study, metrics))
         return run.returns
+
+
+def warmup_steps(epochs: int) -> int:
+    """The median pruner's default warm-up, the first epoch a trial can be pruned at: a third of the
+    epochs, and never the first (one epoch says little of a learning rate)."""
+    return max(2, epochs // 3)
 
 
 def results(study: optuna.Study) -> dict:
@@ -264,8 +275,9 @@ class _Run:
 
     def launch(self, trial: optuna.Trial) -> JobReturn:
         params = [as_override(k, v) for k, v in trial.params.items()]
+        shown = [as_override(k, float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in trial.params.items()]
         overrides = params + self.overrides + [f"trial.id={trial._trial_id}", f"trial.number={trial.number}"] + \
-            job_name([f"trial {trial.number}:", *params])
+            job_name([f"trial {trial.number}:", *shown])  # the run's name: 4 significant digits
         interrupted_dir = trial.user_attrs.get(CHECKPOINT_ATTR)  # a retry: continue from the lost trial's state
         if interrupted_dir and (Path(interrupted_dir) / "last.pt").exists():
             overrides.append(f"resume={quote(interrupted_dir)}")

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from imgexp import redact
 from imgexp.compare.config import register
+from imgexp.help import stage_help
 from imgexp.errors import one_line_exit, run_app
 
 register()
@@ -28,6 +29,8 @@ def app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    if stage_help("compare.yaml"):
+        return
     run_app(app)
 
 

@@ -198,15 +198,7 @@ class MlflowTracker(Tracker):
         return not self.offline
 
     def where(self) -> str:
-        try:
-            experiment = self.client.get_run(self.run_id).info.experiment_id
-        except Exception:  # noqa: BLE001 - the server went away: say what is known
-            return f"MLflow run {self.run_id} in {mask(self.uri)}"
-        page = f"#/experiments/{experiment}/runs/{self.run_id}?{UI_VIEW}"
-        if self.uri.startswith(("http://", "https://")):
-            return f"MLflow run {self.run_id}: {mask(self.uri).rstrip('/')}/{page}"
-        return (f"MLflow run {self.run_id}; see it with: mlflow ui --backend-store-uri {mask(self.uri)} and open "
-                f"http://127.0.0.1:5000/{page}")
+        return run_location(self.client, self.uri, self.run_id)
 
     def end(self, status: str, wait_s: float) -> None:
         """End the run with ``status``; while the server is down, wait up to ``wait_s`` for it, then say
@@ -264,6 +256,20 @@ def log_inputs(client, run_id: str, records: list[dict], tries: int = 5) -> None
             if attempt == tries - 1 or not any(m in str(err) for m in RACE_MARKERS):
                 raise
             time.sleep(0.2 * (attempt + 1))
+
+
+def run_location(client, uri: str, run_id: str) -> str:
+    """Where run ``run_id`` is and the link that opens it in MLflow's UI (for a local store: the ``mlflow ui``
+    command too)."""
+    try:
+        experiment = client.get_run(run_id).info.experiment_id
+    except Exception:  # noqa: BLE001 - the server went away: say what is known
+        return f"MLflow run {run_id} in {mask(uri)}"
+    page = f"#/experiments/{experiment}/runs/{run_id}?{UI_VIEW}"
+    if uri.startswith(("http://", "https://")):
+        return f"MLflow run {run_id}: {mask(uri).rstrip('/')}/{page}"
+    return (f"MLflow run {run_id}; see it with: mlflow ui --backend-store-uri {mask(uri)} and open "
+            f"http://127.0.0.1:5000/{page}")
 
 
 def tracking_uri(configured: Optional[str]) -> str:
@@ -428,8 +434,9 @@ def start_run(
     except BaseException as err:
         status = getattr(err, "run_status", None)
         with stop_signals_ignored():  # the run ends anyway: a second signal must not leave it RUNNING
-            if status == "pruned":
-                tracker.set_tags({STATUS_TAG: "pruned"})
+            if status == "pruned":  # FINISHED, as Optuna's PRUNED trials are complete: named so in the UI
+                tracker.set_tags({STATUS_TAG: "pruned", **({"mlflow.runName": f"{mask(run_name)} (pruned)"}
+                                                            if run_name else {})})
                 tracker.end("FINISHED", offline_wait_s)
             elif status == "interrupted":
                 tracker.set_tags({STATUS_TAG: "interrupted", ERROR_TAG: describe(err)[:5000]})

@@ -97,9 +97,10 @@ def from_run(client, run, dest_dir: Path, source: str) -> Optional[ResumePoint]:
     return point if download_checkpoints(client, run.info.run_id, dest_dir) else None
 
 
-def find(resume: str, config_hash: str, tracking, dest_dir: Path) -> Optional[ResumePoint]:
+def find(resume: str, config_hash: str, tracking, dest_dir: Path, asked: bool = True) -> Optional[ResumePoint]:
     """Put the checkpoints to resume into ``dest_dir``; None when ``resume=auto`` finds no KILLED run (an
-    interrupted one, or one whose process was lost) to resume. Lost runs are closed KILLED first."""
+    interrupted one, or one whose process was lost) to resume (said in the log when the user ``asked``).
+    Lost runs are closed KILLED first."""
     if resume != "auto" and not RUN_ID.match(resume):
         path = Path(resume).expanduser()
         if not path.exists():
@@ -132,7 +133,8 @@ def find(resume: str, config_hash: str, tracking, dest_dir: Path) -> Optional[Re
         point = from_run(client, run, dest_dir, f"MLflow run {run.info.run_id} (resume=auto)")
         if point is not None:
             return point
-    log.info("no unfinished run with config hash %s to resume: starting a new run", config_hash)
+    log.log(logging.INFO if asked else logging.DEBUG, "no unfinished run with config hash %s to resume: "
+            "starting a new run", config_hash)
     return None
 
 
@@ -193,10 +195,11 @@ def check_config(state: dict, cfg, digest: str, source: str) -> None:
                                     f"now {digest}): a resumed run trains its own")
 
 
-def prepare(wanted: str, cfg, digest: str, staged: Path) -> Optional[Resumed]:
+def prepare(wanted: str, cfg, digest: str, staged: Path, asked: bool = True) -> Optional[Resumed]:
     """What ``resume=wanted`` continues, its checkpoints staged in ``staged``, its state loaded and its
-    config checked against ``cfg``; None when ``resume=auto`` finds nothing to continue."""
-    point = find(wanted, digest, cfg.tracking, staged)
+    config checked against ``cfg``; None when ``resume=auto`` finds nothing to continue (``asked``: by the
+    user or SLURM's requeue, not implicitly by a sweep job)."""
+    point = find(wanted, digest, cfg.tracking, staged, asked)
     if point is None:
         return None
     state = load_state(point, staged, cfg.tracking)

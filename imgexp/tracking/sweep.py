@@ -55,6 +55,18 @@ def job_name(words: list[str]) -> list[str]:
     return [f"tracking.job_name='{name}'"] if name and "'" not in name and "\\" not in name else []
 
 
+def light_analysis(config: DictConfig, overrides: list[str]) -> list[str]:
+    """``analysis=none`` for a sweep's jobs (learning curves and confusion matrices only: the analysis costs
+    seconds per job), unless the sweep chose its analysis (any ``analysis`` override, or a template, whose
+    defaults list chooses it); the sweep's best job is analysed at its end (:meth:`ParentRun.analyse`)."""
+    chosen = any(o.lstrip("+~").split("=", 1)[0].split(".")[0] == "analysis" for o in overrides)
+    if chosen or config.hydra.job.config_name != "config":
+        return []
+    log.info("sweep jobs draw learning curves and confusion matrices only (analysis=none); the best job's "
+             "analysis is drawn at the end (analysis=default draws it in every job)")
+    return ["analysis=none"]
+
+
 def check_composes(hydra_context, config: DictConfig, base: list[str], variants: list[str]) -> None:
     """Compose the job ``base`` and, for each override of ``variants``, ``base`` with that key's value
     replaced, before anything is recorded: a value no option has (``model=resnet181``) stops the sweep with
@@ -78,6 +90,7 @@ class ParentRun:
         self.run_id: Optional[str] = None
         self.heartbeat: Optional[Heartbeat] = None
         self.register = tracking.get("register")  # the registered model the best job's model becomes
+        self.light = False  # the jobs ran analysis=none (light_analysis): the best job is analysed at the end
         if not tracking.enabled:
             return
         self.client = open_store(tracking_uri(tracking.uri))
@@ -118,30 +131,69 @@ class ParentRun:
 
         return count_reused(self.client, self.client.get_run(self.run_id).info.experiment_id, self.run_id)
 
-    def register_best(self, metric: str, maximize: bool) -> dict[str, str]:
-        """Register the model of the best FINISHED, unpruned child by ``metric`` (a reused job's: its trained
-        run's) as a new version of :attr:`register`; returns tags for the parent run (none without a model)."""
-        from imgexp.tracking.logged_model import REGISTERED_TAG, register
+    def best_child(self, metric: str, maximize: bool):
+        """The FINISHED, unpruned child run with the best ``metric`` (None without one)."""
         from imgexp.tracking.mlflow import STATUS_TAG
-        from imgexp.tracking.reuse import REUSED_FROM_TAG
 
         experiment = self.client.get_run(self.run_id).info.experiment_id
         children = [r for r in self.client.search_runs(
             [experiment], f"tags.`mlflow.parentRunId` = '{self.run_id}' and attributes.status = 'FINISHED'",
             max_results=50000) if STATUS_TAG not in r.data.tags and metric in r.data.metrics]
-        if not children:
+        return (max if maximize else min)(children, key=lambda r: r.data.metrics[metric]) if children else None
+
+    def register_best(self, best, metric: str) -> dict[str, str]:
+        """Register the model of child run ``best`` (a reused job's: its trained run's) as a new version of
+        :attr:`register`; returns tags for the parent run (none without a model)."""
+        from imgexp.tracking.logged_model import REGISTERED_TAG, register
+        from imgexp.tracking.reuse import REUSED_FROM_TAG
+
+        if best is None:
             log.warning("no finished job logged %s: no model registered as %r", metric, self.register)
             return {}
-        best = (max if maximize else min)(children, key=lambda r: r.data.metrics[metric])
         trained = self.client.get_run(best.data.tags.get(REUSED_FROM_TAG, best.info.run_id))
         if not trained.outputs or not trained.outputs.model_outputs:
             log.warning("the best job's run %s logged no model (tracking.log_model=false): none registered as %r",
                         trained.info.run_id, self.register)
             return {}
         model_uri = f"models:/{trained.outputs.model_outputs[-1].model_id}"
-        log.info("the best job: run %s, %s %.4f", best.info.run_id, metric, best.data.metrics[metric])
         version = register(self.client.tracking_uri, model_uri, self.register, trained.info.run_id)
         return {REGISTERED_TAG: version, "imgexp.registered_run": trained.info.run_id}
+
+    def analyse(self, best, spool_dir: Path) -> None:
+        """Draw the default analysis of ``best``'s model (a reused job's: its trained run's, unless that run
+        has one) into its run; a failure is one warning, the sweep's results stand."""
+        from imgexp.analysis.report import final_artifacts
+        from imgexp.analysis.schema import AnalysisConfig
+        from imgexp.rebuild import rebuild
+        from imgexp.run import analysis_sample, log_artifacts
+        from imgexp.runtime import resolve_device
+        from imgexp.tracking.mlflow import MlflowTracker
+        from imgexp.tracking.reuse import REUSED_FROM_TAG
+
+        run_id, uri = best.data.tags.get(REUSED_FROM_TAG, best.info.run_id), self.client.tracking_uri
+        if {a.path for a in self.client.list_artifacts(run_id, "plots")} & {"plots/cam", "plots/tsne"}:
+            return
+        log.info("analysis of the best job's model (run %s)...", run_id)
+        try:
+            rebuilt = rebuild(self.client, uri, run_id, resolve_device("auto"))  # a GPU when there is one
+            cfg = AnalysisConfig()
+            x, y = analysis_sample(rebuilt.model_ready("test"), cfg.points, rebuilt.config.seed)
+            title = f"best job of the sweep, test/acc {rebuilt.run.data.metrics['test/acc']:.3f}"
+            log_artifacts(MlflowTracker(self.client, run_id, uri, spool_dir),
+                          final_artifacts(rebuilt.classifier.model, x, y, rebuilt.classifier.class_names, cfg, title))
+        except Exception as err:  # noqa: BLE001 - e.g. a job without a logged model (tracking.log_model=false)
+            log.warning("the best job's analysis was not drawn: %s", describe(err)[:300])
+
+    def ending(self, best, metric: str) -> str:
+        """The sweep's last lines: its parent run and link, the best job, the compare command."""
+        from imgexp.tracking.mlflow import run_location
+
+        lines = [f"sweep parent: {run_location(self.client, self.client.tracking_uri, self.run_id)}"]
+        if best is not None:
+            lines.append(f"best job: run {best.info.run_id} ({best.info.run_name}), {metric} "
+                         f"{best.data.metrics[metric]:.4f}")
+        lines.append(f"compare its runs: python -m imgexp.compare sweep={self.run_id}")
+        return "\n".join(lines)
 
     def close(self, failed: bool, metrics: dict[str, float], tags: dict[str, str], files: list[Path],
               root: Optional[Path] = None) -> None:
@@ -199,11 +251,12 @@ def objective(config: DictConfig) -> tuple[str, bool]:
 
 
 def finish(counts: dict[str, int], failed: list[dict], sweep_dir: Path, parent: ParentRun,
-           results: Optional[dict] = None, figures: Optional[dict[str, Any]] = None,
-           objective: Optional[tuple[str, bool]] = None) -> None:
+           objective: tuple[str, bool], results: Optional[dict] = None,
+           figures: Optional[dict[str, Any]] = None) -> None:
     """Log and save the summary (and ``results``, and ``figures`` by artifact path as PNGs in ``sweep_dir``),
-    register the best job's model when the sweep's ``tracking.register`` asks (``objective``: the metric and
-    whether higher is better), close the parent run, raise if a job failed."""
+    register the best job's model when the sweep's ``tracking.register`` asks (the best by ``objective``: the
+    metric and whether higher is better), close the parent run, end with where everything is, raise if a job
+    failed."""
     for f in failed:
         log.error("job %s failed (%s): %s", f["job"], " ".join(f["overrides"]), f["error"])
     log.info("sweep done: %s; summary in %s", ", ".join(f"{v} {k}" for k, v in counts.items()), sweep_dir)
@@ -219,9 +272,14 @@ def finish(counts: dict[str, int], failed: list[dict], sweep_dir: Path, parent: 
     metrics = {f"sweep/{k}": float(v) for k, v in counts.items()}
     if results and "best_value" in results:
         metrics["sweep/best_value"] = float(results["best_value"])
-    if parent.register and parent.run_id and objective:
-        tags |= parent.register_best(*objective)
+    best = parent.best_child(*objective) if parent.run_id else None
+    if parent.light and best is not None:
+        parent.analyse(best, sweep_dir / "analysis_spool")
+    if parent.register and parent.run_id:
+        tags |= parent.register_best(best, objective[0])
     parent.close(bool(failed), metrics, tags, written, sweep_dir)
+    if parent.run_id:
+        log.info("%s", parent.ending(best, objective[0]))
     if failed:
         raise SweepFailed(f"{len(failed)} of {counts.get('jobs', counts.get('trials'))} jobs failed "
                           f"(details in {sweep_dir / 'sweep_summary.json'}); first: "

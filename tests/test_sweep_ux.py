@@ -1,0 +1,138 @@
+"""Sweeps as a user lives them (issue 24): what a sweep ends with, what its jobs log, how trials and pruned
+runs are named, the pruner's warm-up, and a run's summary."""
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+
+import pytest
+from mlflow import MlflowClient
+
+from conftest import run_cli
+from hydra_plugins.imgexp_optuna_sweeper.study import warmup_steps
+from imgexp.run import summary
+
+FAST = ["analysis=none", "progress=false", "data.subset=200"]
+
+
+@pytest.mark.slow
+def test_a_sweep_ends_with_its_parent_run_best_job_and_compare_command(workdir):
+    proc = run_cli("-m", "optimizer.lr=0.003,0.00001", "epochs=1", *FAST, cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("imgexp").experiment_id
+    (parent,) = client.search_runs([experiment], "tags.`imgexp.role` = 'sweep'")
+    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    best = max(children, key=lambda r: r.data.metrics["val/acc_best"])
+    tail = proc.stdout.strip().splitlines()[-3:]
+    assert tail[0].endswith(f"sweep parent: MLflow run {parent.info.run_id}; see it with: mlflow ui "
+                            f"--backend-store-uri sqlite:///{workdir / 'mlflow.db'} and open http://127.0.0.1:5000/"
+                            f"#/experiments/{experiment}/runs/{parent.info.run_id}?workflowType=machine_learning")
+    assert tail[1] == (f"best job: run {best.info.run_id} ({best.info.run_name}), val/acc_best "
+                       f"{best.data.metrics['val/acc_best']:.4f}")
+    assert tail[2] == f"compare its runs: python -m imgexp.compare sweep={parent.info.run_id}"
+    assert "no unfinished run with config hash" not in proc.stdout + proc.stderr, "no resume was asked for"
+    single = run_cli("epochs=1", *FAST, "resume=auto", "seed=5", cwd=workdir)
+    assert "no unfinished run with config hash" in single.stdout, "asked for: said"
+
+
+def test_the_summary_shows_one_epoch_and_the_test_metrics_of_its_weights():
+    history = [{"train/loss": 1.0 - e / 10, "val/acc": a} for e, a in enumerate((0.5, 0.9, 0.7), start=1)]
+    result = SimpleNamespace(history=history, best_epoch=2, test={"test/acc": 0.88})
+    text = summary(result, 3)
+    assert text.splitlines()[0] == ("summary: epoch 2 of 3, the best val/acc, and the test metrics of its weights; "
+                                    "the last epoch's val/acc 0.7000")
+    assert text.splitlines()[1:] == ["  train/loss  0.8000", "  val/acc     0.9000", "  test/acc    0.8800"]
+    last_is_best = summary(SimpleNamespace(history=history[:2], best_epoch=2, test={}), 2)
+    assert "last epoch" not in last_is_best
+
+
+@pytest.mark.parametrize("epochs,first_prunable", [(1, 2), (3, 2), (6, 2), (9, 3), (30, 10)])
+def test_the_median_pruner_never_prunes_on_the_first_epoch(epochs, first_prunable):
+    assert warmup_steps(epochs) == first_prunable
+
+
+@pytest.mark.slow
+def test_trial_runs_are_named_with_four_significant_digits(workdir):
+    proc = run_cli("-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=1", "hydra.sweeper.sampler=random",
+                   "hydra.sweeper.seed=3", "hydra.sweeper.study_name=names", "optimizer.lr=interval(1e-4,1e-3)",
+                   "epochs=1", *FAST, cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    (child,) = client.search_runs([client.get_experiment_by_name("imgexp").experiment_id],
+                                  "tags.`imgexp.trial` = '0'")
+    lr = float(child.data.params["optimizer.lr"])
+    assert len(repr(lr)) > 10, "the trial trains with the full value"
+    assert child.info.run_name == f"trial 0: optimizer.lr={float(f'{lr:.4g}')}"
+
+
+@pytest.mark.parametrize("override,line", [
+    ("epoch=3", "Could not override 'epoch'. Key 'epoch' not in 'Config' (did you mean epochs?)"),
+    ("optimizer.lrr=0.1", "Could not override 'optimizer.lrr'. Key 'lrr' not in 'AdamConfig' (did you mean lr?)"),
+    ("model.dropot=0.1", "Could not override 'model.dropot'. Key 'dropot' not in 'small_cnn_config' "
+                         "(did you mean dropout or dense_dropout?)"),
+    ("zzzz=1", "Could not override 'zzzz'. Key 'zzzz' not in 'Config'"),
+])
+def test_a_typo_gets_the_closest_key_names(workdir, override, line):
+    proc = run_cli(override, cwd=workdir)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [f"imgexp: error: {line}"]
+
+
+def test_an_unknown_option_lists_the_closest_first(workdir):
+    proc = run_cli("model=resnet181", cwd=workdir)
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("imgexp: error: In 'config': Could not find 'model/resnet181' (did you mean resnet18 "
+                           "or resnet101 or resnet152?) (available: alexnet, ")
+
+
+@pytest.mark.parametrize("stage,config", [("compare", "compare.yaml"), ("predict", "predict/predict.yaml"),
+                                          ("evaluate", "evaluate.yaml")])
+def test_a_stages_help_lists_its_keys_with_their_comments(workdir, stage, config):
+    from conftest import CONF
+
+    proc = run_cli(stage, "--help", cwd=workdir)
+    assert proc.returncode == 0
+    yaml_lines = (CONF / config).read_text().splitlines()
+    header = [line[2:] for line in yaml_lines if line.startswith("# ")]
+    assert proc.stdout.splitlines()[:len(header)] == header  # what it does, and example commands
+    keys = [line for line in yaml_lines if re.match(r"^\w+:.*#", line) and not line.startswith("hydra")]
+    assert len(keys) >= 5 and all(f"  {line}" in proc.stdout.splitlines() for line in keys)
+
+
+def test_debug_fast_runs_one_batch_of_one_epoch_untracked(workdir):
+    proc = run_cli("debug=fast", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "data digits: 64 train / 14 val / 14 test images" in proc.stdout and "epoch 1/1:" in proc.stdout
+    assert "not tracked (tracking=none)" in proc.stdout and not (workdir / "mlflow.db").exists()
+    assert "analysis (" not in proc.stdout
+
+
+def test_debug_overfit_learns_its_one_batch(workdir):
+    proc = run_cli("debug=overfit", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    last = next(line for line in proc.stdout.splitlines() if "epoch 30/30:" in line)
+    assert "acc 1.0000 |" in last and "data digits: 64 train" in proc.stdout
+    assert not (workdir / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_sweep_jobs_draw_light_plots_and_the_best_job_is_analysed_at_the_end(workdir):
+    proc = run_cli("-m", "optimizer.lr=0.003,0.00001", "epochs=1", "progress=false", "data.subset=300",
+                   "analysis.points=100", cwd=workdir)  # an analysis key: every job draws it
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "sweep jobs draw learning curves" not in proc.stdout
+    proc = run_cli("-m", "optimizer.lr=0.003,0.00001", "epochs=1", "progress=false", "data.subset=300", "seed=1",
+                   cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "sweep jobs draw learning curves and confusion matrices only (analysis=none)" in proc.stdout
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("imgexp").experiment_id
+    parents = client.search_runs([experiment], "tags.`imgexp.role` = 'sweep'", order_by=["start_time ASC"])
+    for parent, light in zip(parents, (False, True)):
+        children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+        best = max(children, key=lambda r: r.data.metrics["val/acc_best"])
+        for child in children:
+            plots = {a.path for a in client.list_artifacts(child.info.run_id, "plots")}
+            assert {"plots/learning_curves.png", "plots/confusion_matrix.png"} <= plots
+            analysed = {"plots/cam", "plots/tsne"} <= plots
+            assert analysed == (not light or child.info.run_id == best.info.run_id), (light, plots)
