@@ -256,7 +256,7 @@ def tracking(cfg: DictConfig, start: Start, output_dir: Path, ranks: Ranks) -> I
     resumed = start.resumed
     with start_run(cfg.tracking.enabled, cfg.tracking.uri, cfg.tracking.experiment, run_name_of(cfg),
                    flat_params(cfg), start.tags, cfg.tracking.parent_run_id, resumed.run_id if resumed else None,
-                   output_dir / "mlflow_spool", cfg.tracking.offline_wait_s) as tracker:
+                   output_dir / "mlflow_spool", cfg.tracking.offline_wait_s, cfg.tracking.checkpoints) as tracker:
         checkpoint_dir = output_dir / "checkpoints" / (tracker.run_id or f"local-{uuid.uuid4().hex[:12]}")
         for leftover in temp_files(checkpoint_dir, "*.pt"):  # a requeued job's own folder: a kill mid-write
             leftover.unlink()

@@ -83,3 +83,32 @@ def compile_unsupported(device: torch.device) -> Optional[str]:
     if device.type not in ("cpu", "cuda"):
         return "the default backend (inductor) needs a CPU or a CUDA device"
     return None
+
+
+class TorchvisionMismatch(RuntimeError):
+    """torchvision built for another torch (an easy state to reach mixing PyTorch's CPU index and PyPI)."""
+
+
+def checked_torchvision():
+    """torchvision, after checking that it pairs with this torch (torchvision 0.N goes with torch 2.(N-15));
+    a mismatch is one line saying what to install, not ``operator torchvision::nms does not exist`` at the
+    first model."""
+    torch_version = torch.__version__.split("+")[0]
+    try:
+        import torchvision as tv
+    except (RuntimeError, ImportError) as err:
+        raise TorchvisionMismatch(f"torchvision cannot load with torch {torch_version} ({str(err)[:120]}): "
+                                  f"{pairing_advice(torch_version)}") from None
+    major, minor = (int(p) for p in torch_version.split(".")[:2])
+    tv_minor = int(tv.__version__.split("+")[0].split(".")[1])
+    if major == 2 and tv_minor != minor + 15:
+        raise TorchvisionMismatch(f"torchvision {tv.__version__} is built for torch 2.{tv_minor - 15}, not torch "
+                                  f"{torch_version}: {pairing_advice(torch_version)}")
+    return tv
+
+
+def pairing_advice(torch_version: str) -> str:
+    major, minor = (int(p) for p in torch_version.split(".")[:2])
+    pair = f"torchvision==0.{minor + 15}.*" if major == 2 else "the torchvision of your torch"
+    return (f"install the pair with pip install 'torch=={major}.{minor}.*' '{pair}' (from the same index, e.g. "
+            "--index-url https://download.pytorch.org/whl/cpu for both)")

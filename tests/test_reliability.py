@@ -259,8 +259,9 @@ def check_complete(client: MlflowClient, experiment: str) -> None:
     assert steps == [1, 2, 3, 4, 5, 6]
     assert {"test/acc", "test/f1_macro", "val/best_epoch"} <= set(r.data.metrics)
     files = {a.path for d in ("", "checkpoints", "plots", "metrics") for a in client.list_artifacts(r.info.run_id, d)}
-    assert {"config.yaml", "checkpoints/best.pt", "checkpoints/last.pt", "plots/learning_curves.png",
+    assert {"config.yaml", "checkpoints/best.pt", "plots/learning_curves.png",
             "plots/confusion_matrix.png", "metrics/per_class.csv", "metrics/confusion_matrix.csv"} <= files
+    assert "checkpoints/last.pt" not in files  # tracking.checkpoints=best: last.pt was there to resume from
 
 
 # ------------------------------------------------------------------ bad values

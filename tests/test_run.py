@@ -68,6 +68,7 @@ def test_cli_run_logs_everything(workdir):
     files = {a.path for d in ("", "plots", "plots/cam", "plots/tsne", "checkpoints", "metrics")
              for a in client.list_artifacts(r.info.run_id, d)}
     layer = "3"  # small_cnn's first dense layer, the default t-SNE layer
+    assert "checkpoints/last.pt" not in files, "tracking.checkpoints=best: last.pt goes once the run FINISHED"
     assert {"config.yaml", "plots/learning_curves.png", "plots/confusion_matrix.png", "checkpoints/best.pt",
             "metrics/per_class.csv", "metrics/confusion_matrix.csv", "plots/feature_maps.png",
             "plots/cam/correct_vs_wrong.png", "plots/cam/gradcam_depths.png",

@@ -31,6 +31,11 @@ def test_a_sweep_ends_with_its_parent_run_best_job_and_compare_command(workdir):
     assert tail[1] == (f"best job: run {best.info.run_id} ({best.info.run_name}), val/acc_best "
                        f"{best.data.metrics['val/acc_best']:.4f}")
     assert tail[2] == f"compare its runs: python -m imgexp.compare sweep={parent.info.run_id}"
+    done = next(line for line in proc.stdout.splitlines() if "sweep done: " in line)
+    stored = sum(f.stat().st_size for f in (workdir / "mlruns").rglob("*") if f.is_file())
+    said = float(re.search(r"its runs hold ([\d.]+) MB in MLflow", done).group(1))
+    assert said == pytest.approx(stored / 1e6, abs=0.06)  # everything the sweep stored (its summary files: after)
+    assert parent.data.metrics["sweep/stored_mb"] == pytest.approx(stored / 1e6, rel=0.02)
     assert "no unfinished run with config hash" not in proc.stdout + proc.stderr, "no resume was asked for"
     single = run_cli("epochs=1", *FAST, "resume=auto", "seed=5", cwd=workdir)
     assert "no unfinished run with config hash" in single.stdout, "asked for: said"
@@ -136,3 +141,44 @@ def test_sweep_jobs_draw_light_plots_and_the_best_job_is_analysed_at_the_end(wor
             assert {"plots/learning_curves.png", "plots/confusion_matrix.png"} <= plots
             analysed = {"plots/cam", "plots/tsne"} <= plots
             assert analysed == (not light or child.info.run_id == best.info.run_id), (light, plots)
+
+
+def test_a_torchvision_built_for_another_torch_is_one_line_saying_what_to_install(workdir, monkeypatch):
+    import sys
+
+    import torch
+    import torchvision
+
+    from imgexp.runtime import TorchvisionMismatch, checked_torchvision
+
+    assert checked_torchvision() is torchvision  # this machine's pair
+    major, minor = (int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+    monkeypatch.setattr(torchvision, "__version__", f"0.{minor + 14}.1")
+    with pytest.raises(TorchvisionMismatch, match=rf"torchvision 0.{minor + 14}.1 is built for torch 2.{minor - 1}"):
+        checked_torchvision()
+    proc = run_cli("model=resnet18", "epochs=1", *FAST, "tracking=none", cwd=workdir)
+    assert proc.returncode == 1
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"imgexp: error: torchvision 0.{minor + 14}.1 is built for torch 2.{minor - 1}, not torch")
+    assert f"pip install 'torch=={major}.{minor}.*' 'torchvision==0.{minor + 15}.*'" in line
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # torchvision's import fails (operator ... does not exist)
+    with pytest.raises(TorchvisionMismatch, match="torchvision cannot load with torch"):
+        checked_torchvision()
+
+
+@pytest.mark.parametrize("policy,kept", [("best", {"best.pt"}), ("last", {"last.pt"}), ("both", {"best.pt", "last.pt"}),
+                                         ("none", set())])
+def test_a_finished_run_keeps_the_checkpoints_its_policy_names(workdir, compose_cfg, policy, kept):
+    from imgexp.run import run
+
+    run(compose_cfg("epochs=1", *FAST, f"tracking.checkpoints={policy}"), workdir / "out")
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    (r,) = client.search_runs([client.get_experiment_by_name("imgexp").experiment_id])
+    assert {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(r.info.run_id, "checkpoints")} == kept
+
+
+def test_a_checkpoint_policy_typo_is_one_line(workdir):
+    proc = run_cli("tracking.checkpoints=al", cwd=workdir)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "imgexp: error: tracking.checkpoints: must be one of best, last, both, none, got 'al'"]

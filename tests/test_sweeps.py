@@ -222,6 +222,7 @@ def test_optuna_median_pruner_prunes_the_hopeless_trials(workdir):
         run = by_trial[t.number]
         assert run.info.status == "FINISHED" and run.data.tags["imgexp.status"] == "pruned"
         assert len(client.get_metric_history(run.info.run_id, "val/acc")) < 3, "pruned before the last epoch"
+        assert not client.list_artifacts(run.info.run_id, "checkpoints"), "a pruned trial keeps no checkpoint"
     best = study.best_trial
     assert parent.data.metrics["sweep/best_value"] == pytest.approx(best.value)
     assert parent.data.tags["best.optimizer.lr"] == str(best.params["optimizer.lr"])

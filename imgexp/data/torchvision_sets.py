@@ -11,6 +11,7 @@ import torch
 from imgexp.config import ConfigError
 from imgexp.data.folders import class_tree
 from imgexp.data.sources import Images, Source, register_source
+from imgexp.runtime import checked_torchvision
 
 
 def as_images(ds) -> Images:
@@ -20,7 +21,7 @@ def as_images(ds) -> Images:
 
 
 def load_torchvision(cfg, dataset: str) -> Source:
-    import torchvision.datasets  # only for these sources: importing it costs a second
+    torchvision = checked_torchvision()  # only for these sources: importing it costs a second
 
     dataset_cls = getattr(torchvision.datasets, dataset)
     root = Path(cfg.root or "data").expanduser()

@@ -5,13 +5,14 @@ from torch import nn
 
 from imgexp.models.layers import check_fractions, is_small, stem_conv
 from imgexp.models.registry import register_model
+from imgexp.runtime import checked_torchvision
 
 
 @register_model(checks=(check_fractions("dropout"),))
 def alexnet(in_channels: int, num_classes: int, image_size: tuple[int, int],
             dropout: float = 0.5) -> nn.Module:
     """``dropout``: in the classifier's two hidden layers."""
-    import torchvision  # only when building: importing it costs a second
+    torchvision = checked_torchvision()  # only when building: importing it costs a second
 
     model = torchvision.models.alexnet(weights=None, num_classes=num_classes, dropout=dropout)
     small = is_small(image_size)

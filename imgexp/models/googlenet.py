@@ -12,6 +12,7 @@ from torch import nn
 
 from imgexp.models.layers import check_fractions, is_small, stem_conv
 from imgexp.models.registry import register_model
+from imgexp.runtime import checked_torchvision
 
 AUX_WEIGHT = 0.3  # as in the GoogLeNet paper
 
@@ -20,7 +21,7 @@ AUX_WEIGHT = 0.3  # as in the GoogLeNet paper
 def googlenet_class() -> type[nn.Module]:
     """torchvision's GoogLeNet keeping the auxiliary logits; defined on first use, as importing torchvision
     costs a second."""
-    import torchvision
+    torchvision = checked_torchvision()
 
     class GoogLeNet(torchvision.models.GoogLeNet):
         def eager_outputs(self, x: torch.Tensor, aux2, aux1) -> torch.Tensor:

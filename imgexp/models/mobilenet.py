@@ -9,6 +9,7 @@ from torch import nn
 from imgexp.config import require
 from imgexp.models.layers import check_fractions, check_norm, conv_unit, is_small, stem_conv
 from imgexp.models.registry import register_model
+from imgexp.runtime import checked_torchvision
 
 # (filters, stride) of the 13 depthwise-separable blocks after the stem (Howard et al. 2017, table 1)
 V1_BLOCKS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), *[(512, 1)] * 5, (1024, 2), (1024, 1)]
@@ -49,7 +50,7 @@ def inverted_residual(
     name: str, in_channels: int, num_classes: int, image_size: tuple[int, int], dropout: float = 0.2
 ) -> nn.Module:
     """A torchvision model whose stem conv is ``features[0][0]``; ``dropout`` before its classifier."""
-    import torchvision  # only when building: importing it costs a second
+    torchvision = checked_torchvision()  # only when building: importing it costs a second
 
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, dropout=dropout)
     model.features[0][0] = stem_conv(model.features[0][0], in_channels, is_small(image_size))

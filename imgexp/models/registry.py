@@ -20,6 +20,7 @@ from omegaconf import MISSING
 from torch import nn
 
 from imgexp.config import ConfigError
+from imgexp.runtime import checked_torchvision
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ def load_pretrained(model: nn.Module, name: str, heads: tuple[str, ...], in_chan
     """Load torchvision's default ImageNet weights for ``name`` into ``model`` except its heads. Where the
     model was adapted (a small-input stem), a module whose tensors no longer fit keeps its fresh init; a
     first conv for ``in_channels != 3`` gets the RGB filters' mean (scaled by 3 / in_channels)."""
-    import torchvision
+    torchvision = checked_torchvision()
 
     if name not in torchvision.models.list_models():
         raise ConfigError("model.pretrained", f"no pretrained weights for {name} (only torchvision's models)")

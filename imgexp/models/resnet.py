@@ -7,10 +7,11 @@ from torch import nn
 
 from imgexp.models.layers import is_small, stem_conv
 from imgexp.models.registry import register_model
+from imgexp.runtime import checked_torchvision
 
 
 def resnet(name: str, in_channels: int, num_classes: int, image_size: tuple[int, int]) -> nn.Module:
-    import torchvision  # only when building: importing it costs a second
+    torchvision = checked_torchvision()  # only when building: importing it costs a second
 
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     small = is_small(image_size)

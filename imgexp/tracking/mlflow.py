@@ -26,6 +26,7 @@ from imgexp.redact import mask
 log = logging.getLogger(__name__)
 
 DEFAULT_URI = "sqlite:///mlflow.db"
+CHECKPOINT_POLICIES = {"best": ("best",), "last": ("last",), "both": ("best", "last"), "none": ()}  # kept by name
 SWEEP_ID_TAG = "imgexp.sweep_id"  # on a sweep's parent run and on each of its children
 ERROR_TAG = "imgexp.error"  # a FAILED run's one-line error
 STATUS_TAG = "imgexp.status"  # "pruned" for a run a pruner stopped early, "interrupted" for a resumable one
@@ -51,6 +52,8 @@ class Tracker:
     def log_artifact(self, path: str | os.PathLike, artifact_path: Optional[str] = None) -> None: ...
 
     def set_tags(self, tags: dict[str, str]) -> None: ...
+
+    def drop_checkpoints(self, keep: tuple[str, ...]) -> None: ...
 
     def log_datasets(self, records: list) -> None:
         """The run's splits (:class:`imgexp.data.records.SplitRecord`) as MLflow dataset inputs."""
@@ -196,6 +199,22 @@ class MlflowTracker(Tracker):
 
     def stored(self, folder: Path) -> bool:
         return not self.offline
+
+    def drop_checkpoints(self, keep: tuple[str, ...]) -> None:
+        """Delete the run's logged checkpoints (``checkpoints/<name>.pt``) whose name is not in ``keep``; a
+        store that cannot is one warning (they stay)."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        if self.offline:
+            return
+        try:
+            doomed = [a.path for a in self.client.list_artifacts(self.run_id, "checkpoints")
+                      if Path(a.path).stem not in keep]
+            repo = get_artifact_repository(self.client.get_run(self.run_id).info.artifact_uri) if doomed else None
+            for path in doomed:
+                repo.delete_artifacts(path)
+        except Exception as err:  # noqa: BLE001 - e.g. an artifact store without deletion
+            log.warning("checkpoints of run %s not removed from MLflow: %s", self.run_id, describe(err)[:200])
 
     def where(self) -> str:
         return run_location(self.client, self.uri, self.run_id)
@@ -396,12 +415,15 @@ def start_run(
     run_id: Optional[str] = None,
     spool_dir: str | Path = "mlflow_spool",
     offline_wait_s: float = 600,
+    checkpoints: str = "both",
 ) -> Iterator[Tracker]:
     """Open an MLflow run (a child of ``parent_run_id``, when given) with ``params`` and ``tags`` logged,
     or reopen run ``run_id`` (resuming: its params are already there), yield a tracker, and close it
     FINISHED, or FAILED with the error in tag ``imgexp.error``; an error whose ``run_status`` attribute is
     ``"pruned"`` leaves it FINISHED, tagged ``imgexp.status=pruned``, and ``"interrupted"`` KILLED, tagged
-    ``imgexp.status=interrupted``. A server that goes away during the run: see :class:`MlflowTracker`."""
+    ``imgexp.status=interrupted``. A server that goes away during the run: see :class:`MlflowTracker`.
+    ``checkpoints`` (best, last, both or none) says which logged checkpoints a FINISHED run keeps; a pruned
+    run, or a sweep's FAILED job, keeps none; a KILLED one all (it can be resumed)."""
     if not enabled:
         yield Tracker()
         return
@@ -438,6 +460,7 @@ def start_run(
                 tracker.set_tags({STATUS_TAG: "pruned", **({"mlflow.runName": f"{mask(run_name)} (pruned)"}
                                                             if run_name else {})})
                 tracker.end("FINISHED", offline_wait_s)
+                tracker.drop_checkpoints(())
             elif status == "interrupted":
                 tracker.set_tags({STATUS_TAG: "interrupted", ERROR_TAG: describe(err)[:5000]})
                 tracker.end("KILLED", 0)
@@ -445,7 +468,10 @@ def start_run(
                 tracker.set_tags({ERROR_TAG: describe(err)[:5000]})
                 stopped = isinstance(err, (KeyboardInterrupt, SystemExit))  # SystemExit: e.g. submitit's handler
                 tracker.end("KILLED" if stopped else "FAILED", 0)  # of a SLURM time limit, after training
+                if not stopped and parent_run_id:  # a failed sweep job; a single run keeps what it logged
+                    tracker.drop_checkpoints(())
         raise
     finally:
         heartbeat.stop()
     tracker.end("FINISHED", offline_wait_s)
+    tracker.drop_checkpoints(CHECKPOINT_POLICIES[checkpoints])

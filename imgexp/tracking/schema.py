@@ -4,6 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from imgexp.config import require_choice
+
+CHECKPOINTS = ("best", "last", "both", "none")  # tracking.checkpoints: see imgexp.tracking.mlflow.start_run
+
 
 @dataclass
 class TrackingConfig:
@@ -14,8 +18,13 @@ class TrackingConfig:
     parent_run_id: Optional[str] = None  # set by imgexp's sweepers: the sweep's MLflow parent run
     job_name: Optional[str] = None  # set by imgexp's sweepers: the job's swept values, its run's name
     log_model: bool = True  # the best weights as the run's MLflow model (runs:/<run id>/model)
+    checkpoints: str = "best"  # logged checkpoints a FINISHED run keeps: best | last | both | none (last.pt is
+    # logged every epoch while it trains, to resume from; pruned runs and a sweep's failed jobs keep none)
     register: Optional[str] = None  # register that model under this name (a sweep: its best job's model)
     offline_wait_s: float = 600  # a server down at the run's end: wait this long, then keep the rest on disk
+
+    def __post_init__(self) -> None:
+        require_choice(self.checkpoints, CHECKPOINTS, "checkpoints")
 
 
 SCHEMAS = {"tracking": {"base": TrackingConfig}}

@@ -131,14 +131,30 @@ class ParentRun:
 
         return count_reused(self.client, self.client.get_run(self.run_id).info.experiment_id, self.run_id)
 
+    def children(self) -> list:
+        experiment = self.client.get_run(self.run_id).info.experiment_id
+        return self.client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{self.run_id}'",
+                                       max_results=50000)
+
+    def stored_bytes(self) -> int:
+        """What the sweep's runs (their artifacts and logged models) hold in the artifact store (0 untracked)."""
+        if not self.run_id:
+            return 0
+
+        def size(listing, path=None) -> int:
+            return sum(size(listing, a.path) if a.is_dir else (a.file_size or 0) for a in listing(path))
+
+        runs = [self.client.get_run(self.run_id), *self.children()]
+        models = [o.model_id for r in runs for o in (r.outputs.model_outputs if r.outputs else [])]
+        return (sum(size(lambda p, r=r: self.client.list_artifacts(r.info.run_id, p)) for r in runs)
+                + sum(size(lambda p, m=m: self.client.list_logged_model_artifacts(m, p)) for m in models))
+
     def best_child(self, metric: str, maximize: bool):
         """The FINISHED, unpruned child run with the best ``metric`` (None without one)."""
         from imgexp.tracking.mlflow import STATUS_TAG
 
-        experiment = self.client.get_run(self.run_id).info.experiment_id
-        children = [r for r in self.client.search_runs(
-            [experiment], f"tags.`mlflow.parentRunId` = '{self.run_id}' and attributes.status = 'FINISHED'",
-            max_results=50000) if STATUS_TAG not in r.data.tags and metric in r.data.metrics]
+        children = [r for r in self.children() if r.info.status == "FINISHED" and STATUS_TAG not in r.data.tags
+                    and metric in r.data.metrics]
         return (max if maximize else min)(children, key=lambda r: r.data.metrics[metric]) if children else None
 
     def register_best(self, best, metric: str) -> dict[str, str]:
@@ -259,7 +275,9 @@ def finish(counts: dict[str, int], failed: list[dict], sweep_dir: Path, parent: 
     failed."""
     for f in failed:
         log.error("job %s failed (%s): %s", f["job"], " ".join(f["overrides"]), f["error"])
-    log.info("sweep done: %s; summary in %s", ", ".join(f"{v} {k}" for k, v in counts.items()), sweep_dir)
+    stored = parent.stored_bytes()
+    log.info("sweep done: %s; summary in %s%s", ", ".join(f"{v} {k}" for k, v in counts.items()), sweep_dir,
+             f"; its runs hold {stored / 1e6:.1f} MB in MLflow" if parent.run_id else "")
     files = {"sweep_summary.json": {**counts, "failed": failed}}
     tags = {}
     if results:
@@ -269,7 +287,8 @@ def finish(counts: dict[str, int], failed: list[dict], sweep_dir: Path, parent: 
     for name, content in files.items():
         (sweep_dir / name).write_text(mask(json.dumps(content, indent=2)))
     written = [sweep_dir / name for name in files] + save_figures(figures or {}, sweep_dir)
-    metrics = {f"sweep/{k}": float(v) for k, v in counts.items()}
+    metrics = {f"sweep/{k}": float(v) for k, v in counts.items()} | (
+        {"sweep/stored_mb": stored / 1e6} if parent.run_id else {})
     if results and "best_value" in results:
         metrics["sweep/best_value"] = float(results["best_value"])
     best = parent.best_child(*objective) if parent.run_id else None
