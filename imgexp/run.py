@@ -62,6 +62,8 @@ def summary(result, epochs: int) -> str:
     best = result.history[result.best_epoch - 1]
     last = "" if result.best_epoch == len(result.history) else \
         f"; the last epoch's val/acc {result.history[-1]['val/acc']:.4f}"
+    if result.stopped_epoch:
+        last += f"; stopped early after epoch {result.stopped_epoch}"
     return (f"summary: epoch {result.best_epoch} of {epochs}, the best val/acc, and the test metrics of its "
             f"weights{last}\n"
             f"{summary_table({**best, **result.test})}")
@@ -100,7 +102,8 @@ def build(cfg: DictConfig, checkpoint_dir: str | Path, device: Optional[torch.de
                       Schedule(optimizer, scheduler, cfg.scheduler.interval, warmup),
                       data.train, data.val, data.test, epochs=cfg.epochs, checkpoint_dir=checkpoint_dir,
                       precision=t.precision, channels_last=t.channels_last, compile=t.compile,
-                      grad_clip=t.grad_clip, ema=t.ema, topk=cfg.topk, progress=cfg.progress, ranks=ranks)
+                      grad_clip=t.grad_clip, ema=t.ema, topk=cfg.topk, progress=cfg.progress,
+                      early_stop=(t.early_stop_patience, t.early_stop_metric), ranks=ranks)
     return Job(data, trainer)
 
 
@@ -359,7 +362,8 @@ def report(cfg: DictConfig, job: Job, tracker: Tracker, result, sample) -> dict[
     """Phase 4 (rank 0): test metrics, per-class tables, learning curves, confusion matrix and the analysis
     of the best model, into the run; returns the final metrics."""
     info, model, analysis = job.data.info, job.trainer.model, cfg.analysis
-    tracker.log_metrics({**result.test, "val/best_epoch": float(result.best_epoch)})
+    tracker.log_metrics({**result.test, "val/best_epoch": float(result.best_epoch)}
+                        | ({"train/stopped_epoch": float(result.stopped_epoch)} if result.stopped_epoch else {}))
     tracker.log_artifact(job.trainer.best_path, "checkpoints")
     from imgexp.analysis import confusion_figure, learning_curves_figure
     from imgexp.analysis.report import final_artifacts

@@ -2,6 +2,7 @@
 runs are named, the pruner's warm-up, and a run's summary."""
 from __future__ import annotations
 
+import logging
 import re
 from types import SimpleNamespace
 
@@ -43,12 +44,12 @@ def test_a_sweep_ends_with_its_parent_run_best_job_and_compare_command(workdir):
 
 def test_the_summary_shows_one_epoch_and_the_test_metrics_of_its_weights():
     history = [{"train/loss": 1.0 - e / 10, "val/acc": a} for e, a in enumerate((0.5, 0.9, 0.7), start=1)]
-    result = SimpleNamespace(history=history, best_epoch=2, test={"test/acc": 0.88})
+    result = SimpleNamespace(history=history, best_epoch=2, test={"test/acc": 0.88}, stopped_epoch=None)
     text = summary(result, 3)
     assert text.splitlines()[0] == ("summary: epoch 2 of 3, the best val/acc, and the test metrics of its weights; "
                                     "the last epoch's val/acc 0.7000")
     assert text.splitlines()[1:] == ["  train/loss  0.8000", "  val/acc     0.9000", "  test/acc    0.8800"]
-    last_is_best = summary(SimpleNamespace(history=history[:2], best_epoch=2, test={}), 2)
+    last_is_best = summary(SimpleNamespace(history=history[:2], best_epoch=2, test={}, stopped_epoch=None), 2)
     assert "last epoch" not in last_is_best
 
 
@@ -182,3 +183,27 @@ def test_a_checkpoint_policy_typo_is_one_line(workdir):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
         "imgexp: error: tracking.checkpoints: must be one of best, last, both, none, got 'al'"]
+
+
+def test_early_stopping_ends_a_run_whose_metric_stalls(workdir, compose_cfg, caplog):
+    """train/lr never changes without a scheduler: with patience 2 the run stops after epoch 3 of 10, tests
+    the best weights, and records where it stopped."""
+    from imgexp.run import run
+
+    with caplog.at_level(logging.INFO):
+        run(compose_cfg("epochs=10", *FAST, "trainer.early_stop_patience=2", "trainer.early_stop_metric=train/lr"),
+            workdir / "out")
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    (r,) = client.search_runs([client.get_experiment_by_name("imgexp").experiment_id])
+    assert r.info.status == "FINISHED" and r.data.metrics["train/stopped_epoch"] == 3
+    assert [m.step for m in client.get_metric_history(r.info.run_id, "val/acc")] == [1, 2, 3]
+    assert "test/acc" in r.data.metrics
+    messages = [rec.getMessage() for rec in caplog.records]
+    assert "early stop after epoch 3: train/lr has not improved on epoch 1's 0.0010 for 2 epochs" in messages
+    assert any("stopped early after epoch 3" in m for m in messages)
+
+
+def test_early_stopping_on_a_test_metric_is_one_line(workdir):
+    proc = run_cli("trainer.early_stop_patience=3", "trainer.early_stop_metric=test/acc", cwd=workdir)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        "imgexp: error: trainer.early_stop_metric: must be a train/ or val/ metric, got 'test/acc'"]

@@ -25,6 +25,8 @@ class TrainerConfig:
     deterministic: bool = False  # deterministic algorithms; otherwise cudnn.benchmark picks the fastest
     devices: str = "1"  # ranks of one run (DDP): N, or auto (every GPU to claim); batch stays the global batch
     sync_bn: Optional[bool] = None  # SyncBatchNorm across the ranks; null: on when devices > 1 on CUDA
+    early_stop_patience: int = 0  # stop once early_stop_metric has not improved for this many epochs; 0 = off
+    early_stop_metric: str = "val/acc"  # a train/ or val/ metric; lower is better for a loss
 
     def __post_init__(self) -> None:
         require_choice(self.precision, PRECISIONS, "precision")
@@ -33,6 +35,9 @@ class TrainerConfig:
         require(self.warmup_epochs >= 0 and self.warmup_steps >= 0, "warmup_epochs", "warmup must be >= 0")
         require(not (self.warmup_epochs and self.warmup_steps), "warmup_steps",
                 "give warmup_epochs or warmup_steps, not both")
+        require(self.early_stop_patience >= 0, "early_stop_patience", "must be >= 0")
+        require(self.early_stop_metric.startswith(("train/", "val/")), "early_stop_metric",
+                f"must be a train/ or val/ metric, got {self.early_stop_metric!r}")
         require(self.devices == "auto" or (self.devices.isdigit() and int(self.devices) >= 1), "devices",
                 f"must be a number >= 1 or auto, got {self.devices!r}")
 

@@ -71,6 +71,7 @@ class FitResult:
     test: dict[str, float]
     test_logits: torch.Tensor
     test_targets: torch.Tensor
+    stopped_epoch: Optional[int] = None  # early stopping ended training after this epoch
 
 
 def epoch_line(epoch: int, epochs: int, m: dict[str, float]) -> str:
@@ -86,15 +87,17 @@ class Trainer:
 
     ``precision``: fp32, or autocast to bf16 / fp16 (fp16 with a gradient scaler, CUDA only);
     ``channels_last``: NHWC model and batches; ``compile``: ``torch.compile`` the model; ``grad_clip``: max
-    gradient norm (0: off); ``ema``: decay of an ``AveragedModel`` of the weights (0: off); ``ranks``: this
-    process's place among the run's ranks (``train``/``val``/``test`` then yield this rank's share).
+    gradient norm (0: off); ``ema``: decay of an ``AveragedModel`` of the weights (0: off); ``early_stop``:
+    (patience, metric): stop once ``metric`` (a ``train/`` or ``val/`` one; lower is better for a loss) has
+    not improved for ``patience`` epochs (0: never); ``ranks``: this process's place among the run's ranks
+    (``train``/``val``/``test`` then yield this rank's share).
     """
 
     def __init__(self, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule,
                  train: Batches, val: Batches, test: Batches, *, epochs: int, checkpoint_dir: str | Path,
                  precision: str = "fp32", channels_last: bool = False, compile: bool = False,
                  grad_clip: float = 0.0, ema: float = 0.0, topk: int = 2, progress: bool = True,
-                 ranks: Ranks = Ranks()) -> None:
+                 early_stop: tuple[int, str] = (0, "val/acc"), ranks: Ranks = Ranks()) -> None:
         self.device = next(model.parameters()).device
         if precision == "fp16" and self.device.type != "cuda":
             raise ValueError(f"precision fp16 needs CUDA (a gradient scaler), not {self.device.type}: use bf16")
@@ -119,6 +122,7 @@ class Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         # progress of the run
         self.epoch, self.best_acc, self.best_epoch = 0, -1.0, 0
+        self.early_stop = early_stop
         self.history: list[dict[str, float]] = []
         self.partial: Optional[dict] = None  # an interrupted epoch's sums so far
         self.extra: dict = {}  # the caller's, saved in every checkpoint (e.g. the tracking run id)
@@ -281,7 +285,7 @@ class Trainer:
         if self._rng is not None:
             set_rng_state(self._rng)
             self._rng = None
-        while self.epoch < self.epochs:
+        while self.epoch < self.epochs and not self.stalled():
             epoch = self.epoch + 1
             start = time.perf_counter()
             metrics = self.train_epoch(epoch)
@@ -312,4 +316,22 @@ class Trainer:
         logits, targets = self.predict(self.test)
         test_metrics = {"test/loss": self.loss_fn(logits, targets).item()}
         test_metrics |= classification_metrics(logits, targets, "test", self.topk)
-        return FitResult(self.history, self.best_epoch, test_metrics, logits.cpu(), targets.cpu())
+        stopped = self.epoch if self.epoch < self.epochs else None
+        return FitResult(self.history, self.best_epoch, test_metrics, logits.cpu(), targets.cpu(), stopped)
+
+    def stalled(self) -> bool:
+        """Whether early stopping ends training now: the monitored metric's best epoch is ``patience`` epochs
+        back (decided from the history, which a resumed run has too, identically on every rank)."""
+        patience, metric = self.early_stop
+        if not patience or not self.history:
+            return False
+        values = [h.get(metric) for h in self.history]
+        if values[-1] is None:
+            raise ValueError(f"trainer.early_stop_metric: {metric!r} is not among the epoch's metrics "
+                             f"({', '.join(self.history[-1])})")
+        best = values.index((min if "loss" in metric else max)(values))  # the first epoch that reached it
+        if len(values) - 1 - best < patience:
+            return False
+        log.info("early stop after epoch %d: %s has not improved on epoch %d's %.4f for %d epochs",
+                 self.epoch, metric, best + 1, values[best], patience)
+        return True
