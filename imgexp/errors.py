@@ -16,7 +16,10 @@ from imgexp.redact import mask
 def describe(err: BaseException) -> str:
     """First line of the error plus, for config errors, the first line of their OmegaConf cause."""
     text = str(err).strip()
-    parts = [text.splitlines()[0] if text else type(err).__name__]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    parts = [lines[0] if lines else type(err).__name__]
+    if len(lines) > 1 and lines[0].endswith(":"):  # "ConfigKeyError raised while composing config:" and its cause
+        parts.append(lines[1])
     cause = getattr(err.__cause__, "msg", None)
     if cause:
         parts.append(str(cause).strip().splitlines()[0])

@@ -207,3 +207,36 @@ def test_early_stopping_on_a_test_metric_is_one_line(workdir):
     proc = run_cli("trainer.early_stop_patience=3", "trainer.early_stop_metric=test/acc", cwd=workdir)
     assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
         "imgexp: error: trainer.early_stop_metric: must be a train/ or val/ metric, got 'test/acc'"]
+
+
+@pytest.mark.slow
+def test_hydra_optuna_sweeper_configs_work_unchanged(workdir):
+    """Sampler and pruner nodes with a _target_, and custom_search_space, with hydra-optuna-sweeper's meaning."""
+    import optuna
+
+    proc = run_cli("-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.study_name=upstream",
+                   "hydra.sweeper.sampler={_target_: optuna.samplers.TPESampler, seed: 1, n_startup_trials: 5}",
+                   "hydra.sweeper.pruner={_target_: optuna.pruners.MedianPruner, n_warmup_steps: 1}",
+                   "hydra.sweeper.custom_search_space=sweep_space.extend", "optimizer.lr=interval(1e-4,1e-3)",
+                   "epochs=2", *FAST, cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    study = optuna.load_study(study_name="upstream", storage=f"sqlite:///{workdir / 'optuna' / 'upstream.db'}")
+    assert len(study.trials) == 3 and all(t.state.name == "COMPLETE" for t in study.trials)
+    assert all(set(t.params) == {"optimizer.lr", "batch"} for t in study.trials)
+    assert study.user_attrs["imgexp.pruner"]["name"] == {"_target_": "optuna.pruners.MedianPruner",
+                                                         "n_warmup_steps": 1}
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("imgexp").experiment_id], "tags.`imgexp.trial` != ''")
+    by_trial = {int(r.data.tags["imgexp.trial"]): r for r in runs}
+    assert all(by_trial[t.number].data.params["batch"] == str(t.params["batch"]) for t in study.trials)
+
+
+def test_a_composition_error_shows_its_cause(workdir):
+    (workdir / "cfgs" / "experiment").mkdir(parents=True)
+    (workdir / "cfgs" / "experiment" / "mine.yaml").write_text("# @package _global_\nhydra:\n  sweeper:\n"
+                                                                "    bogus_key: 3\n")
+    proc = run_cli("-m", "--config-dir", str(workdir / "cfgs"), "+experiment=mine", cwd=workdir)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "imgexp: error: In 'experiment/mine': ConfigKeyError raised while composing config: Key 'bogus_key' not in "
+        "'GridSweeperConf'"]

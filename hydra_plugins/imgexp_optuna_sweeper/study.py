@@ -22,7 +22,7 @@ import time
 import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 import optuna
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
@@ -64,6 +64,20 @@ class AskTellGridSampler(optuna.samplers.GridSampler):
 
 SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler, "grid": AskTellGridSampler,
             "cmaes": optuna.samplers.CmaEsSampler, "nsgaii": optuna.samplers.NSGAIISampler}
+
+
+def targeted(node: Any) -> bool:
+    """A config node with a ``_target_`` (a class for Hydra to instantiate), as hydra-optuna-sweeper takes."""
+    return isinstance(node, (dict, DictConfig)) and "_target_" in node
+
+
+def custom_space(path: Optional[str]) -> Optional[Callable]:
+    """hydra-optuna-sweeper's ``custom_search_space``: the function ``fn(config, trial)`` at a dotted path."""
+    if not path:
+        return None
+    from hydra.utils import get_method
+
+    return get_method(path)
 
 
 def interrupted(trial: optuna.trial.FrozenTrial) -> bool:
@@ -112,12 +126,15 @@ class StudySweeper(Sweeper):
         c = self.cfg
         directions = [c.direction] if isinstance(c.direction, str) else list(c.direction)
         checks = [
-            (c.sampler in SAMPLERS, "sampler", f"must be one of {', '.join(SAMPLERS)}, got {c.sampler!r}"),
-            (c.pruner in PRUNERS, "pruner", f"must be one of {', '.join(PRUNERS)}, got {c.pruner!r}"),
+            (targeted(c.sampler) or (isinstance(c.sampler, str) and c.sampler in SAMPLERS), "sampler",
+             f"must be one of {', '.join(SAMPLERS)} or a node with a _target_, got {c.sampler!r}"),
+            (targeted(c.pruner) or (isinstance(c.pruner, str) and c.pruner in PRUNERS), "pruner",
+             f"must be one of {', '.join(PRUNERS)} or a node with a _target_, got {c.pruner!r}"),
             (all(d in ("minimize", "maximize") for d in directions), "direction",
              f"must be minimize or maximize (or a list of them), got {c.direction!r}"),
             (c.n_trials >= 1 and c.n_jobs >= 1, "n_trials", "n_trials and n_jobs must be >= 1"),
-            (bool(space), "params", "no search space: give one, e.g. 'optimizer.lr=tag(log,interval(1e-5,1e-1))'"),
+            (bool(space) or bool(c.custom_search_space), "params",
+             "no search space: give one, e.g. 'optimizer.lr=tag(log,interval(1e-5,1e-1))'"),
         ]
         for ok, key, reason in checks:
             if not ok:
@@ -131,6 +148,10 @@ class StudySweeper(Sweeper):
 
     def _sampler(self, space: dict) -> optuna.samplers.BaseSampler:
         c = self.cfg
+        if targeted(c.sampler):
+            from hydra.utils import instantiate
+
+            return instantiate(c.sampler)
         if c.sampler == "grid":
             return AskTellGridSampler(grid(space), seed=c.seed)
         return SAMPLERS[c.sampler](seed=c.seed)
@@ -138,7 +159,8 @@ class StudySweeper(Sweeper):
     def _pruner_spec(self) -> dict:
         c = self.cfg
         warmup = c.pruner_warmup_steps if c.pruner_warmup_steps is not None else warmup_steps(self.config.epochs)
-        return {"name": c.pruner, "n_startup_trials": c.pruner_startup_trials,
+        name = OmegaConf.to_container(c.pruner) if targeted(c.pruner) else c.pruner
+        return {"name": name, "n_startup_trials": c.pruner_startup_trials,
                 "n_warmup_steps": warmup, "min_resource": c.pruner_min_resource}
 
     # ------------------------------------------------------------------ the sweep
@@ -238,6 +260,7 @@ class _Run:
                  space: dict, overrides: list[str], n_trials: int) -> None:
         self.sweeper, self.study, self.storage, self.lock, self.parent = sweeper, study, storage, lock, parent
         self.space, self.overrides, self.n_trials = space, overrides, n_trials
+        self.extend = custom_space(sweeper.cfg.custom_search_space)
         parallel = sweeper.cfg.n_jobs > 1 and not isinstance(sweeper.launcher, BasicLauncher)
         if sweeper.cfg.n_jobs > 1 and not parallel:
             log.warning("n_jobs=%d with the in-process launcher runs one trial at a time: use "
@@ -270,6 +293,8 @@ class _Run:
             if sum(not interrupted(t) or given_up(t) for t in trials) >= self.n_trials and not waiting:
                 return None
             trial = self.study.ask(self.space)
+            if self.extend is not None:  # its suggest_* calls add parameters (a retry's come enqueued)
+                self.extend(self.sweeper.config, trial)
             self.storage.record_heartbeat(trial._trial_id)
             return trial
 

@@ -22,8 +22,13 @@ PRUNERS = {  # hydra.sweeper.pruner -> the pruner, from the settings the sweeper
 
 
 def build_pruner(spec: dict) -> optuna.pruners.BasePruner:
-    """``{"name": "median", "n_startup_trials": 5, "n_warmup_steps": 1}`` -> an Optuna pruner."""
+    """``{"name": "median", "n_startup_trials": 5, "n_warmup_steps": 1}`` -> an Optuna pruner; ``name`` may be
+    a node with a ``_target_`` (hydra-optuna-sweeper's form), instantiated by Hydra."""
     name = spec.get("name", "none")
+    if isinstance(name, dict):
+        from hydra.utils import instantiate
+
+        return instantiate(name)
     if name not in PRUNERS:
         raise ValueError(f"pruner must be one of {', '.join(PRUNERS)}, got {name!r}")
     return PRUNERS[name](spec)
