@@ -240,3 +240,32 @@ def test_a_composition_error_shows_its_cause(workdir):
     assert proc.stderr.strip().splitlines() == [
         "imgexp: error: In 'experiment/mine': ConfigKeyError raised while composing config: Key 'bogus_key' not in "
         "'GridSweeperConf'"]
+
+
+def test_plots_name_layers_by_role_and_tick_whole_epochs(compose_cfg):
+    import pandas as pd
+
+    from imgexp.analysis.common import describe_layer
+    from imgexp.analysis.curves import learning_curves_figure
+    from imgexp.analysis.pyplot import plt
+    from imgexp.compare.report import curves_figure
+    from imgexp.data import DataInfo
+    from imgexp.models import create_model
+
+    model = create_model(compose_cfg().model, DataInfo(1, 8, 8, 10, [str(k) for k in range(10)]))
+    assert [describe_layer(model, n) for n in ("0.0.0", "0.8.0", "3", "4", "6")] == [
+        "first conv layer (64 channels)", "last conv layer (256 channels)", "first dense layer (512 features)",
+        "ReLU after the first dense layer (512 features)", "last dense layer (10 features)"]
+    fig = learning_curves_figure([{"train/acc": .5, "val/acc": .6, "train/loss": 1.0, "val/loss": .9}])
+    assert [list(ax.get_xticks()) for ax in fig.axes] == [[1], [1]]  # not 0.8 ... 1.2
+    plt.close(fig)
+    curves = pd.DataFrame([{"run": r, "column": c, "epoch": e, "split": s, "metric": m, "value": 0.5}
+                           for r, c in (("a", "x"), ("b", "y")) for e in (1, 2) for s in ("train", "val")
+                           for m in ("acc", "loss")])
+    fig = curves_figure(curves, ["x", "y"], "model")
+    fig.canvas.draw()
+    left, right = fig.axes
+    assert left.get_legend() is None  # one legend, beside the right plot, over no line
+    renderer = fig.canvas.get_renderer()
+    assert right.get_legend().get_window_extent(renderer).x0 >= right.get_window_extent(renderer).x1
+    plt.close(fig)

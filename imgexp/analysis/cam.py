@@ -138,7 +138,7 @@ def cam_grid_figure(images: Sequence[Optional[torch.Tensor]], heatmaps: Sequence
     n = len(images)
     titles = list(titles) if titles is not None else [""] * n
     nrows = max(1, -(-n // ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols, 1.8 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols, 2.1 * nrows), squeeze=False)  # room for titles
     for i, ax in enumerate(axes.flat):
         overlay(ax, images[i] if i < n else None, heatmaps[i] if i < n else None,
                 titles[i] if i < n else "", alpha, cmap)

@@ -55,20 +55,33 @@ def modules_of(model: nn.Module, kind: type[nn.Module]) -> list[str]:
 
 
 def describe_layer(model: nn.Module, name: str) -> str:
-    """A module as people name it: ``features.8 (last conv, 256 channels)``, ``classifier.1 (dense 1 of 3,
-    4096 features)``; the bare name for other modules."""
-    module = dict(model.named_modules())[name]
+    """A module by its role, as people name it: ``last conv layer (256 channels)``, ``dense layer 2 of 3 (4096
+    features)``; another module by the conv or dense layer it follows (``ReLU after the first dense layer (512
+    features)``); its module path when there is none."""
+    modules = dict(model.named_modules())
+    own = layer_role(model, name, modules[name])
+    if own:
+        return own
+    order = list(modules)
+    before = [n for n in order[:order.index(name)] if layer_role(model, n, modules[n])]
+    inside = [n for n in order if n.startswith(f"{name}.") and layer_role(model, n, modules[n])]
+    last = (inside or before or [None])[-1]
+    return f"{type(modules[name]).__name__} after the {layer_role(model, last, modules[last])}" if last else name
+
+
+def layer_role(model: nn.Module, name: str, module: nn.Module) -> Optional[str]:
+    """``first conv layer (64 channels)`` for a Conv2d or Linear; None for other modules."""
     for kind, noun, size in ((nn.Conv2d, "conv", f"{getattr(module, 'out_channels', 0)} channels"),
                              (nn.Linear, "dense", f"{getattr(module, 'out_features', 0)} features")):
         if isinstance(module, kind):
             names = modules_of(model, kind)
-            if name not in names:
-                break
+            if name not in names:  # inside an auxiliary classifier or a squeeze-excitation block
+                return None
             i, n = names.index(name), len(names)
-            role = (f"only {noun}" if n == 1 else f"last {noun}" if i == n - 1 else f"first {noun}" if i == 0
-                    else f"{noun} {i + 1} of {n}")
-            return f"{name} ({role}, {size})"
-    return name
+            role = (f"only {noun} layer" if n == 1 else f"last {noun} layer" if i == n - 1 else
+                    f"first {noun} layer" if i == 0 else f"{noun} layer {i + 1} of {n}")
+            return f"{role} ({size})"
+    return None
 
 
 def check_ran(names: list[str], seen) -> None:

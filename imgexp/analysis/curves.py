@@ -20,6 +20,9 @@ def learning_curves_figure(history: list[dict[str, float]]):
     for ax, metric in zip(axes, ("acc", "loss")):
         sns.lineplot(df[df.metric == metric], x="epoch", y="value", hue="split", marker="o", ax=ax)
         ax.set(title=metric, ylabel=metric, xlim=(0.8, len(history) + 0.2))
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
+        if len(history) <= 10:  # whole epochs: MaxNLocator(integer=True) gives 0.8-1.2 for one epoch
+            ax.set_xticks(range(1, len(history) + 1))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     return fig

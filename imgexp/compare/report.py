@@ -58,9 +58,9 @@ def curves_frame(sel: Selection) -> pd.DataFrame:
 
 def curves_figure(curves: pd.DataFrame, columns: list[str], key: str):
     """Accuracy and loss per epoch of every counted run, coloured by column (legend: ``key``), solid train
-    and dashed val."""
+    and dashed val; one legend, beside the plots, covering no line."""
     curves = curves.rename(columns={"column": key})
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for ax, metric in zip(axes, ("acc", "loss")):
         sns.lineplot(curves[curves.metric == metric], x="epoch", y="value", hue=key, hue_order=columns,
                      style="split", style_order=["train", "val"], units="run", estimator=None, marker="o", ax=ax)
@@ -70,13 +70,15 @@ def curves_figure(curves: pd.DataFrame, columns: list[str], key: str):
             ax.set_xticks(epochs)
         else:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].get_legend().remove()
+    sns.move_legend(axes[1], "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     fig.tight_layout()
     return fig
 
 
 def png(fig) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")  # legends beside the axes stay in
     plt.close(fig)
     return buffer.getvalue()
 
