@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import signal
 import time
@@ -42,6 +43,9 @@ log = logging.getLogger(__name__)
 NAN_CHECK_STEPS = 50  # the training loss is checked for NaN/inf (one host sync) every this many steps
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 CHECKPOINT_FORMAT = 1
+# A test hook: each epoch lasts at least this long (tests that need training to outlast a signal, such as the
+# SLURM requeue test, size it in seconds whatever the machine's load); 0 in real runs.
+MIN_EPOCH_S = float(os.environ.get("IMGEXP_TEST_MIN_EPOCH_S", "0"))
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -305,6 +309,7 @@ class Trainer:
             self.epoch = epoch
             self.save()
             self._after_epoch(on_epoch, epoch, metrics)
+            time.sleep(max(0.0, MIN_EPOCH_S - (time.perf_counter() - start)))
             if self.ranks.any(self.stop_signal is not None):
                 self._stop(f"after epoch {epoch}/{self.epochs}")
 
