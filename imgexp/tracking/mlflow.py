@@ -201,20 +201,12 @@ class MlflowTracker(Tracker):
         return not self.offline
 
     def drop_checkpoints(self, keep: tuple[str, ...]) -> None:
-        """Delete the run's logged checkpoints (``checkpoints/<name>.pt``) whose name is not in ``keep``; a
-        store that cannot is one warning (they stay)."""
-        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
+        """Delete the run's logged checkpoints whose name is not in ``keep`` (see :func:`drop_checkpoints`);
+        while the server is away, once the spool is sent."""
         if self.offline:
+            self.spool.append({"op": "drop", "keep": list(keep)})
             return
-        try:
-            doomed = [a.path for a in self.client.list_artifacts(self.run_id, "checkpoints")
-                      if Path(a.path).stem not in keep]
-            repo = get_artifact_repository(self.client.get_run(self.run_id).info.artifact_uri) if doomed else None
-            for path in doomed:
-                repo.delete_artifacts(path)
-        except Exception as err:  # noqa: BLE001 - e.g. an artifact store without deletion
-            log.warning("checkpoints of run %s not removed from MLflow: %s", self.run_id, describe(err)[:200])
+        drop_checkpoints(self.client, self.run_id, keep)
 
     def where(self) -> str:
         return run_location(self.client, self.uri, self.run_id)
@@ -258,6 +250,21 @@ def dataset_inputs(records: list[dict]) -> list:
     return [DatasetInput(Dataset(r["name"], r["digest"], "local" if r["source"].startswith("/") else "code",
                                  json.dumps({"uri": mask(r["source"])}), profile=profile(r)),
                          [InputTag("mlflow.data.context", r["split"])]) for r in records]
+
+
+def drop_checkpoints(client, run_id: str, keep) -> None:
+    """Delete run ``run_id``'s logged checkpoints (``checkpoints/<name>.pt``) whose name is not in ``keep``; a
+    store that cannot is one warning (they stay)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    try:
+        doomed = [a.path for a in client.list_artifacts(run_id, "checkpoints") if Path(a.path).stem not in keep]
+        repo = get_artifact_repository(client.get_run(run_id).info.artifact_uri, client.tracking_uri) if doomed \
+            else None  # mlflow-artifacts:/ URIs are served by the run's server, not by MLflow's global URI
+        for path in doomed:
+            repo.delete_artifacts(path)
+    except Exception as err:  # noqa: BLE001 - e.g. an artifact store without deletion
+        log.warning("checkpoints of run %s not removed from MLflow: %s", run_id, describe(err)[:200])
 
 
 RACE_MARKERS = ("UNIQUE constraint failed", "duplicate key value", "Duplicate entry")  # SQLite, PostgreSQL, MySQL

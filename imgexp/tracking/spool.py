@@ -92,6 +92,10 @@ class Spool:
                 from imgexp.tracking.mlflow import log_inputs
 
                 log_inputs(client, run_id, op["records"])
+            elif op["op"] == "drop":
+                from imgexp.tracking.mlflow import drop_checkpoints
+
+                drop_checkpoints(client, run_id, op["keep"])
             elif op["op"] == "end":
                 client.set_terminated(run_id, op["status"])
             self.meta["sent"] = i + 1
