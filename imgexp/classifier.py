@@ -97,22 +97,17 @@ class Classifier:
     def class_names(self) -> list[str]:
         return self.spec.class_names
 
-    def prepare(self, images: Union[Image, Sequence[Image]]) -> torch.Tensor:
-        """Model-ready (N, C, H, W) float batch of ``images`` on the device."""
-        return self.stack(to_batch(images))
-
     def stack(self, items: list[torch.Tensor]) -> torch.Tensor:
+        """Model-ready (N, C, H, W) float batch of (C, H, W) images (see :func:`to_batch`) on the device."""
         return torch.cat([self.normalize(self.fit(x.to(self.device).unsqueeze(0))) for x in items])
 
     def fit(self, x: torch.Tensor) -> torch.Tensor:
         """(1, C', H', W') uint8 or float (0..1) -> float 0..255 in the model's channels, at the stored size,
         centre-cropped."""
-        x, c = x.float() * 255.0 if x.is_floating_point() else x.float(), self.spec.channels
-        if x.shape[1] == 4:
-            x = x[:, :3]
-        if x.shape[1] != c:
-            x = (x.expand(-1, 3, -1, -1) if c == 3 else
-                 (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True))
+        from imgexp.data import to_channels
+
+        x = x.float() * 255.0 if x.is_floating_point() else x.float()
+        x = to_channels(x[:, :3] if x.shape[1] == 4 else x, self.spec.channels)
         if tuple(x.shape[2:]) != self.spec.stored:
             x = F.interpolate(x, size=self.spec.stored, mode="bilinear", antialias=True, align_corners=False)
         from imgexp.data.augment import center_crop
@@ -154,8 +149,7 @@ class PyfuncClassifier:
         self.classifier = classifier
 
     def predict(self, model_input, params=None):
-        batch = int((params or {}).get("batch", 256))
-        return self.classifier.predict(model_input, batch)
+        return self.classifier.predict(model_input)
 
 
 def _load_pyfunc(data_path: str) -> PyfuncClassifier:

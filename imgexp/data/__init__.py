@@ -128,12 +128,20 @@ def log_test_coverage(test: Samples, names: list[str]) -> None:
                  len(names), ", ".join(absent))
 
 
+def to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """(N, C, H, W) images in ``channels``: grey repeated to RGB, RGB to grey by luma (as float)."""
+    if x.shape[1] == channels:
+        return x
+    if channels == 3:
+        return x.expand(-1, 3, -1, -1)
+    return (x.float() * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+
+
 def convert(images: Images, size: tuple[int, int], channels: int) -> Images:
     """Resize (bilinear, antialiased) and convert channels of in-memory images, once."""
-    x = images.x
-    if x.shape[1] != channels:
-        x = x.expand(-1, 3, -1, -1) if channels == 3 else (
-            (x.float() * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True).round().byte())
+    x = to_channels(images.x, channels)
+    if x.is_floating_point():
+        x = x.round().byte()
     if tuple(x.shape[2:]) != size:
         x = F.interpolate(x.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
         x = x.round().clamp(0, 255).byte()
