@@ -28,7 +28,7 @@ from imgexp.gpus import claim_gpus
 from imgexp.models import create_model
 from imgexp.optim import build_optimizer, build_scheduler
 from imgexp.redact import mask_container
-from imgexp.runtime import configure_torch, resolve_device, seed_everything
+from imgexp.runtime import configure_torch, resolve_device, seed_everything, uses_channels_last
 from imgexp.tracking import resume, reuse, start_run
 from imgexp.tracking.logged_model import REGISTERED_TAG, register
 from imgexp.tracking.mlflow import CHECKPOINT_DIR_TAG, CONFIG_HASH_TAG, Tracker
@@ -101,7 +101,7 @@ def build(cfg: DictConfig, checkpoint_dir: str | Path, device: Optional[torch.de
     trainer = Trainer(model, losses.build(cfg.loss, model), optimizer,
                       Schedule(optimizer, scheduler, cfg.scheduler.interval, warmup),
                       data.train, data.val, data.test, epochs=cfg.epochs, checkpoint_dir=checkpoint_dir,
-                      precision=t.precision, channels_last=t.channels_last, compile=t.compile,
+                      precision=t.precision, channels_last=uses_channels_last(t, device), compile=t.compile,
                       grad_clip=t.grad_clip, ema=t.ema, topk=cfg.topk, progress=cfg.progress,
                       early_stop=(t.early_stop_patience, t.early_stop_metric), ranks=ranks)
     return Job(data, trainer)

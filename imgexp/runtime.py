@@ -52,6 +52,16 @@ def configure_torch(trainer, device: torch.device) -> None:
     keep_freed_memory()
 
 
+def uses_channels_last(trainer, device: torch.device) -> bool:
+    """``trainer.channels_last``, or where it is null, whether NHWC is the faster memory format for conv nets:
+    on a CPU (oneDNN's convolutions: 20% faster per step than NCHW for report D's network in fp32, and
+    what a loop over images decoded as HWC arrays gets without asking), and on CUDA with bf16 or fp16
+    autocast (tensor cores); not on CUDA in fp32, nor on MPS."""
+    if trainer.channels_last is not None:
+        return trainer.channels_last
+    return device.type == "cpu" or (device.type == "cuda" and trainer.precision != "fp32")
+
+
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt() parameters
 
 

@@ -135,3 +135,29 @@ def test_crash_marks_run_failed_and_keeps_what_was_logged(compose_cfg, workdir, 
     assert "test/acc" in runs[0].data.metrics
     assert {a.path for a in client.list_artifacts(runs[0].info.run_id, "checkpoints")} == {
         "checkpoints/best.pt", "checkpoints/last.pt"}  # last.pt: each epoch's state, to resume from
+
+
+@pytest.mark.parametrize("asked,device,precision,expected", [
+    (None, "cpu", "fp32", True),  # oneDNN's NHWC convolutions: the bare loop's speed (issue 25)
+    (None, "cuda", "fp32", False),
+    (None, "cuda", "bf16", True),
+    (None, "mps", "fp32", False),
+    (False, "cpu", "fp32", False),
+    (True, "cuda", "fp32", True),
+])
+def test_channels_last_is_used_where_it_is_faster_unless_asked(asked, device, precision, expected):
+    from imgexp.runtime import uses_channels_last
+    from imgexp.train.schema import TrainerConfig
+
+    trainer = TrainerConfig(precision=precision, channels_last=asked)
+    assert uses_channels_last(trainer, torch.device(device)) is expected
+
+
+@pytest.mark.parametrize("override,nhwc", [([], True), (["trainer.channels_last=false"], False)])
+def test_a_cpu_run_trains_nhwc_by_default(compose_cfg, tmp_path, override, nhwc):
+    from imgexp.run import build
+
+    job = build(compose_cfg("device=cpu", "data=synthetic", "tracking=none", *override), tmp_path)
+    conv = next(m for m in job.trainer.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) is nhwc
+    assert job.trainer.memory_format == (torch.channels_last if nhwc else torch.preserve_format)

@@ -15,7 +15,8 @@ class TrainerConfig:
     """How the training engine runs: numerics, memory format, compilation, clipping, EMA, warmup."""
 
     precision: str = "fp32"  # fp32 | bf16 (autocast; CPU or GPU) | fp16 (autocast + GradScaler; CUDA only)
-    channels_last: bool = False  # NHWC memory format for conv nets
+    channels_last: Optional[bool] = None  # NHWC memory format for conv nets; null: where it is faster (CPU, and
+    # CUDA with bf16/fp16 autocast: imgexp.runtime.uses_channels_last)
     compile: bool = False  # torch.compile the model
     tf32: bool = True  # TF32 matmuls and convolutions on CUDA (fp32 runs only differ in the last bits)
     grad_clip: float = 0.0  # max gradient norm; 0 = off
