@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
@@ -134,12 +135,24 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return {k: v for key, value in node.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
 
 
-def differences(recorded: dict, cfg: DictConfig) -> list[str]:
+ABSENT = "(none)"  # a key one of two configs does not have
+
+
+def differences(recorded: dict, cfg: DictConfig) -> list[tuple[str, Any, Any]]:
     """The keys that decide a run's result and differ between a run's ``recorded`` config (plain
-    containers) and ``cfg``, as ``key: recorded -> now``."""
+    containers) and ``cfg``, as ``(key, recorded, now)``; :data:`ABSENT` where a config lacks the key."""
     old, new = flatten(hashed_part(recorded)), flatten(hashed_part(cfg))
-    return [f"{k}: {old.get(k, '(none)')} -> {new.get(k, '(none)')}" for k in sorted(old.keys() | new.keys())
-            if old.get(k, "(none)") != new.get(k, "(none)")]
+    return [(k, old.get(k, ABSENT), new.get(k, ABSENT)) for k in sorted(old.keys() | new.keys())
+            if old.get(k, ABSENT) != new.get(k, ABSENT)]
+
+
+def as_override(key: str, value: Any) -> Optional[str]:
+    """``key=value`` as a command-line override, for a scalar (None where it takes more than one)."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return f"{key}={json.dumps(value)}"
+    if isinstance(value, str) and value != ABSENT and re.fullmatch(r"[\w./-]+", value):
+        return f"{key}={value}"
+    return None
 
 
 def unknown_keys(node: DictConfig, schema: type, prefix: str) -> None:

@@ -15,7 +15,7 @@ from typing import Optional
 from omegaconf import OmegaConf
 
 from imgexp.checkpoint import load
-from imgexp.config import ConfigError, differences
+from imgexp.config import ConfigError, as_override, differences
 from imgexp.errors import describe
 from imgexp.redact import mask_container
 from imgexp.tracking.liveness import check_resumable, close_lost_runs
@@ -92,8 +92,14 @@ def from_run(client, run, dest_dir: Path, source: str) -> Optional[ResumePoint]:
     local = run.data.tags.get(CHECKPOINT_DIR_TAG)
     point = ResumePoint(source, run.info.run_id, own_folder(Path(local)) if local else None)
     if local and (Path(local) / "last.pt").exists():
-        copy_checkpoints(Path(local), dest_dir)
-        return point
+        try:
+            copy_checkpoints(Path(local), dest_dir)
+        except FileNotFoundError:
+            pass
+        if (Path(local) / "last.pt").exists():  # the folder outlived the copy: its files are one pair
+            return point
+        # else another process resumed the run meanwhile and removed the folder: the logged copy, and the
+        # claim then says which process owns the run
     return point if download_checkpoints(client, run.info.run_id, dest_dir) else None
 
 
@@ -188,8 +194,12 @@ def check_config(state: dict, cfg, digest: str, source: str) -> None:
     if extra.get("config") is not None:
         changed = differences(extra["config"], mask_container(OmegaConf.to_container(cfg, resolve=True)))
         if changed:
-            raise ConfigError("resume", f"{source} was trained with another config ({'; '.join(changed)}): a "
-                                        "resumed run trains its own; drop these overrides, or start a new run")
+            listed = "; ".join(f"{key}: {old} -> {now}" for key, old, now in changed)
+            overrides = [as_override(key, old) for key, old, _ in changed]
+            how = (f"pass {' '.join(overrides)} (as recorded; a default may have changed since)" if all(overrides)
+                   else "drop these overrides")
+            raise ConfigError("resume", f"{source} was trained with another config ({listed}): a resumed run "
+                                        f"trains its own; {how}, or start a new run")
     elif extra.get("config_hash") not in (None, digest):
         raise ConfigError("resume", f"{source} was trained with another config (hash {extra['config_hash']}, "
                                     f"now {digest}): a resumed run trains its own")
