@@ -327,15 +327,21 @@ def check_database(uri: str, key: str, timeout_s: int = 5) -> None:
         raise ConfigError(key, f"cannot connect to {mask(uri)}: {describe(err)[:300]}") from None
 
 
-def open_store(uri: str):
-    """An ``MlflowClient`` for ``uri``, after checking, within seconds, that the store can be used: a
-    server answers its health check, a SQLite file can be written. Failed HTTP calls are retried twice,
-    not MLflow's default seven times (minutes), since a run keeps what it cannot send (see MlflowTracker)."""
-    from mlflow import MlflowClient
-
+def few_http_retries() -> None:
+    """Failed HTTP calls to a tracking server retried twice, not MLflow's default seven times (minutes), unless
+    the environment says otherwise."""
     for key, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
                        ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
         os.environ.setdefault(key, value)
+
+
+def open_store(uri: str):
+    """An ``MlflowClient`` for ``uri``, after checking, within seconds, that the store can be used: a
+    server answers its health check, a SQLite file can be written. Few HTTP retries (:func:`few_http_retries`):
+    a run keeps what it cannot send (see MlflowTracker)."""
+    from mlflow import MlflowClient
+
+    few_http_retries()
     if uri.startswith(("http://", "https://")):
         import requests
 

@@ -113,6 +113,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = parser.parse_args(argv)
     from mlflow import MlflowClient
 
+    from imgexp.tracking.mlflow import few_http_retries
+
+    few_http_retries()  # a server still down: the error in seconds, not after minutes of retries
     spool = Spool.open(args.folder)
     uri = args.uri or spool.meta["uri"]
     pending = spool.pending()
