@@ -205,3 +205,29 @@ def test_cam_grids(trained, tmp_path):
     fig = cam_grid_figure(x[:3] * 5 - 2, grad_cam(model, "0.4.0", x[:3]), ncols=2)  # normalized-looking input
     assert len(fig.axes) == 4 and sum(len(ax.images) for ax in fig.axes) == 6
     plt.close(fig)
+
+
+@pytest.mark.parametrize("tsne_layers,expected", [
+    # t-SNE of the first dense layer (module 3); Grad-CAM grids, but no plain CAM: the head is no GAP + linear
+    (None, {"plots/tsne/final_3_2d.png", "plots/tsne/final_3_3d.png", "plots/feature_maps.png",
+              "plots/cam/correct_vs_wrong.png", "plots/cam/gradcam_depths.png",
+              *(f"plots/cam/class_{name}.png" for name in NAMES)}),
+    # report D's four layers, 2D only (a new best epoch's sequence uses tsne_artifacts the same way)
+    (["report_d"], {f"plots/tsne/final_{layer}_2d.png" for layer in ("0.0.0", "0.8.0", "3", "6")}),
+])
+def test_the_end_of_run_analysis_draws_each_plot_its_config_asks_for(trained, tsne_layers, expected):
+    from imgexp.analysis.report import final_artifacts, tsne_artifacts
+    from imgexp.analysis.schema import AnalysisConfig
+
+    model, x, y = trained
+    x, y = x[::2], y[::2]  # 32 images, 8 of each class
+    cfg = AnalysisConfig(points=32, tsne_layers=tsne_layers, cam_images=2)
+    if tsne_layers is None:
+        out = final_artifacts(model, x, y, NAMES, cfg, "best epoch 3")
+    else:
+        out = tsne_artifacts(model, x, y, NAMES, cfg, "final", "best epoch 3", three_d=False)
+    assert set(out) == expected
+    assert all(isinstance(fig, plt.Figure) for fig in out.values())
+    assert all("best epoch 3" in fig.axes[0].get_title() for name, fig in out.items() if "tsne" in name)
+    for fig in out.values():
+        plt.close(fig)

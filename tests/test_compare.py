@@ -272,6 +272,19 @@ def settings_uri(tmp_path_factory) -> str:
     return setting_store(tmp_path_factory.mktemp("settings"))
 
 
+@pytest.mark.parametrize("overrides,message", [
+    (["experiment=nope"], "experiment: no experiment 'nope' (available: "),
+    (["sweep=latest"], "sweep: no sweep parent run (tag imgexp.role=sweep)"),
+    (["experiment=settings", "columns=[nope]"], "columns: 'nope' is not a config key of the selected runs"),
+])
+def test_a_selection_that_finds_nothing_names_its_key(tmp_path, settings_uri, overrides, message):
+    with pytest.raises(ConfigError) as err:
+        compare(settings(f"tracking_uri={settings_uri}", *overrides), tmp_path)
+    assert f"{err.value.key}: {err.value.reason}".startswith(message)
+    if overrides == ["experiment=nope"]:
+        assert "settings" in err.value.reason  # the experiments there are
+
+
 @pytest.mark.parametrize("columns,split", [(None, []), ("model", ["batch", "epochs"]), ("batch", ["epochs"])])
 def test_a_cell_never_pools_different_settings(tmp_path, settings_uri, columns, split):
     uri = settings_uri

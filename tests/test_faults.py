@@ -23,8 +23,6 @@ from mlflow import MlflowClient
 from conftest import run_cli
 from test_resume import RUN, env, runs, start, wait_for
 
-pytestmark = pytest.mark.slow  # real processes: left out of the quick tier (README, Tests)
-
 
 def stopped_run(workdir: Path, args: list[str] = RUN, sig: int = signal.SIGTERM):
     """A run of ``args`` stopped by ``sig`` during its second epoch: (process's stderr, the run)."""
@@ -41,6 +39,7 @@ def text_artifact(client: MlflowClient, run_id: str, path: str, dest: Path) -> s
 
 
 # ------------------------------------------------------------------ resume trains the run's own config
+@pytest.mark.slow
 def test_resume_with_another_config_is_refused_and_the_run_keeps_its_own(workdir):
     code, _, stopped = stopped_run(workdir)
     assert code == 143 and stopped.info.status == "KILLED"
@@ -73,6 +72,7 @@ def test_resume_with_another_config_is_refused_and_the_run_keeps_its_own(workdir
     assert len(client.get_metric_history(run_id, "test/acc")) == 1, "test metrics logged once"
 
 
+@pytest.mark.slow
 def test_resume_of_a_run_whose_process_lives_is_refused(workdir):
     live_run = ["epochs=30", *RUN[1:]]
     first = start(live_run, workdir)
@@ -91,6 +91,7 @@ def test_resume_of_a_run_whose_process_lives_is_refused(workdir):
     assert len(client.get_metric_history(run.info.run_id, "val/loss")) <= 30  # nobody else logged into it
 
 
+@pytest.mark.slow
 def test_two_resumes_of_one_run_at_once_never_share_it(workdir):
     code, _, stopped = stopped_run(workdir)
     assert code == 143
@@ -129,6 +130,7 @@ def test_runs_of_other_hosts_are_judged_by_their_heartbeat(workdir):
 
 
 # ------------------------------------------------------------------ sweeps
+@pytest.mark.slow
 def test_kill_9_of_a_sweep_closes_its_parent_and_the_rerun_resumes_the_killed_job(workdir):
     sweep = ["-m", "seed=0,1", *RUN]
     first = start(sweep, workdir)
@@ -167,6 +169,7 @@ hydra.core.utils.datetime = SameSecond
 """
 
 
+@pytest.mark.slow
 def test_two_sweeps_started_in_the_same_second_keep_their_own_directories(workdir, tmp_path_factory):
     clock = tmp_path_factory.mktemp("clock")
     (clock / "sitecustomize.py").write_text(SAME_SECOND)
@@ -205,6 +208,7 @@ def test_a_failing_value_in_a_sweep_is_a_failed_child_and_an_unknown_option_stop
     assert not (workdir / "mlflow.db").exists() and not (workdir / "multirun").exists()
 
 
+@pytest.mark.slow
 def test_directions_and_metrics_are_counted_before_the_first_trial(workdir):
     began = time.monotonic()  # a process, with a time-out: the earlier code retried the one trial forever
     proc = run_cli("-m", "hydra/sweeper=optuna", "hydra.sweeper.direction=[maximize,minimize]",
@@ -232,6 +236,7 @@ def test_an_interrupted_trial_is_tried_three_times_at_most():
 
 
 # ------------------------------------------------------------------ checkpoints and signals
+@pytest.mark.slow
 def test_a_truncated_last_pt_falls_back_to_the_copy_in_mlflow_and_leftovers_go(workdir):
     code, _, stopped = stopped_run(workdir)
     assert code == 143
@@ -248,6 +253,7 @@ def test_a_truncated_last_pt_falls_back_to_the_copy_in_mlflow_and_leftovers_go(w
     assert not glob.glob(str(workdir / "outputs/*/*/checkpoints/*/*")), "the finished run's checkpoints are in MLflow"
 
 
+@pytest.mark.slow
 def test_sighup_stops_like_sigterm_unless_nohup_ignores_it(workdir):
     code, err, run = stopped_run(workdir, sig=signal.SIGHUP)
     assert code == 129 and "Traceback" not in err
@@ -276,6 +282,7 @@ def small_disk(workdir):
     subprocess.run(["umount", "-l", str(folder)], check=True)
 
 
+@pytest.mark.slow
 def test_a_full_disk_leaves_a_resumable_run_and_one_line(workdir, small_disk):
     args = [*RUN, f"hydra.run.dir={workdir / 'out'}"]
     proc = start(args, workdir)

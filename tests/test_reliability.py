@@ -26,12 +26,11 @@ from imgexp.run import run
 from conftest import run_cli, write_image
 from test_resume import env, runs, start, wait_for
 
-pytestmark = pytest.mark.slow  # real processes: left out of the quick tier (README, Tests)
-
 FAST = ["progress=false", "analysis=none"]
 
 
 # ------------------------------------------------------------------ concurrent runs
+@pytest.mark.slow
 def test_two_runs_started_together_in_a_fresh_directory(workdir, compose_cfg):
     procs = [start(["epochs=2", *FAST, *extra], workdir) for extra in ([], ["optimizer.lr=1e-7"])]
     for p in procs:
@@ -55,6 +54,7 @@ def test_two_runs_started_together_in_a_fresh_directory(workdir, compose_cfg):
 
 
 # ------------------------------------------------------------------ signals and killed processes
+@pytest.mark.slow
 def test_ctrl_c_stops_with_one_line_and_a_resumable_run(workdir):
     proc = start(["epochs=4", "batch=16", *FAST], workdir)
     wait_for("outputs/*/*/checkpoints/*/last.pt", workdir, proc)
@@ -66,6 +66,7 @@ def test_ctrl_c_stops_with_one_line_and_a_resumable_run(workdir):
     assert r.info.status == "KILLED" and r.data.tags["imgexp.status"] == "interrupted"
 
 
+@pytest.mark.slow
 def test_sigterm_while_drawing_plots_ends_killed_with_one_line(workdir):
     proc = start(["epochs=1", "progress=false", "analysis=full"], workdir)  # minutes of plots after training
     deadline = time.time() + 120
@@ -90,6 +91,7 @@ def metric_keys(workdir: Path) -> set[str]:
             return set()
 
 
+@pytest.mark.slow
 def test_a_killed_process_run_is_closed_by_the_next_run(workdir):
     proc = start(["epochs=4", "batch=16", *FAST], workdir)
     wait_for("outputs/*/*/checkpoints/*/last.pt", workdir, proc)
@@ -109,6 +111,7 @@ def folder_data(compose_cfg, root: Path, tmp_path: Path, *overrides: str):
     return build_data(cfg.data, cfg.augmentation, cfg.normalization, cfg.batch, cfg.seed, torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_size_and_channels_come_from_the_majority(compose_cfg, tmp_path, caplog):
     root = tmp_path / "tree"
     for label, name in enumerate(["ant", "bee", "cow"]):
@@ -165,6 +168,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_unreachable_server_fails_fast_before_loading_data(workdir):
     uri = f"http://127.0.0.1:{free_port()}"
     began = time.monotonic()
@@ -174,6 +178,7 @@ def test_unreachable_server_fails_fast_before_loading_data(workdir):
     assert proc.stderr.strip().splitlines()[-1].startswith(f"imgexp: error: tracking.uri: no MLflow server answers at {uri}")
 
 
+@pytest.mark.slow
 def test_read_only_store_fails_fast(workdir):
     db = workdir / "mlflow.db"
     db.write_bytes(b"")
@@ -217,6 +222,7 @@ class Server:
         self.proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_tracking_server_away_during_the_run_loses_nothing(workdir, monkeypatch):
     """Two runs against one server that goes down in their second epoch: run a waits for it to come back
     (4 s later) and ends FINISHED with nothing missing; run b (offline_wait_s=0) ends while it is still

@@ -28,9 +28,20 @@ def env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "HYDRA_FULL_ERROR")}
 
 
-def start(args: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "imgexp", *args], cwd=cwd, env=env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+def default_signals() -> None:
+    """SIGINT and SIGHUP as a terminal's process has them: a test suite started in the background or under
+    nohup ignores them, and a child would inherit that (and imgexp keeps an ignored SIGHUP ignored)."""
+    for sig in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def start(args: list[str], cwd: Path, min_epoch_s: float = 1.0) -> subprocess.Popen:
+    """``python -m imgexp args`` in the background, with default signal handling. Each epoch lasts at least
+    ``min_epoch_s``, so a signal sent once epoch 1's checkpoint exists lands in a later epoch however loaded
+    the machine is."""
+    return subprocess.Popen([sys.executable, "-m", "imgexp", *args], cwd=cwd,
+                            env={**env(), "IMGEXP_TEST_MIN_EPOCH_S": str(min_epoch_s)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_signals)
 
 
 def wait_for(pattern: str, cwd: Path, proc: subprocess.Popen, timeout: float = 120) -> None:

@@ -58,7 +58,6 @@ def test_the_median_pruner_never_prunes_on_the_first_epoch(epochs, first_prunabl
     assert warmup_steps(epochs) == first_prunable
 
 
-@pytest.mark.slow
 def test_trial_runs_are_named_with_four_significant_digits(workdir):
     proc = run_cli("-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=1", "hydra.sweeper.sampler=random",
                    "hydra.sweeper.seed=3", "hydra.sweeper.study_name=names", "optimizer.lr=interval(1e-4,1e-3)",
