@@ -198,6 +198,25 @@ def test_resumed_run_equals_an_uninterrupted_one(compose_cfg, tmp_path, stop_pas
     assert torch.equal(resumed.test_logits, reference.test_logits)
 
 
+def test_a_resumed_run_stops_early_where_the_uninterrupted_one_did(compose_cfg, tmp_path):
+    """train/lr never changes without a scheduler: with patience 2 both runs stop after epoch 3 of 6, the
+    resumed one interrupted in epoch 2 (its decision comes from the history the checkpoint carries)."""
+    cfg = compose_cfg(*TINY, "epochs=6", "batch=32", "trainer.early_stop_patience=2",
+                      "trainer.early_stop_metric=train/lr")
+    reference = build(cfg, tmp_path / "ref").trainer.fit()
+    assert reference.stopped_epoch == 3 and len(reference.history) == 3
+
+    trainer = build(cfg, tmp_path / "run").trainer
+    trainer.train = StopAfter(trainer.train, [trainer], 2, 4)
+    with pytest.raises(TrainingInterrupted):
+        trainer.fit()
+    again = build(cfg, tmp_path / "run").trainer
+    again.load_state_dict(load(tmp_path / "run" / "last.pt"))
+    resumed = again.fit()
+    assert resumed.stopped_epoch == 3
+    assert resumed.history == reference.history and resumed.test == reference.test
+
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 
