@@ -121,20 +121,28 @@ def test_same_seed_same_metrics(compose_cfg, tmp_path):
     assert r3.history != r1.history, "a different seed trains differently"
 
 
-def test_crash_marks_run_failed_and_keeps_what_was_logged(compose_cfg, workdir, monkeypatch):
+@pytest.mark.parametrize("sweep_job", [False, True])
+def test_crash_marks_run_failed_and_keeps_what_was_logged(compose_cfg, workdir, monkeypatch, sweep_job):
+    """A single run keeps its checkpoints (last.pt: each epoch's state, to resume from); a sweep's failed job
+    keeps none (issue 24: storage), its metrics all the same."""
     def broken(*args, **kwargs):
         raise RuntimeError("plotting broke")
 
     monkeypatch.setattr(imgexp.analysis, "confusion_figure", broken)
-    cfg = compose_cfg("epochs=2", "progress=false", "tracking.experiment=crash", "analysis=none")
+    overrides = ["epochs=2", "progress=false", "tracking.experiment=crash", "analysis=none"]
+    if sweep_job:
+        client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+        parent = client.create_run(client.create_experiment("crash")).info.run_id
+        overrides.append(f"tracking.parent_run_id={parent}")
     with pytest.raises(RuntimeError, match="plotting broke"):
-        run(cfg, workdir / "out")
+        run(compose_cfg(*overrides), workdir / "out")
     client, runs = runs_of(workdir, "crash")
-    assert len(runs) == 1 and runs[0].info.status == "FAILED"
-    assert len(client.get_metric_history(runs[0].info.run_id, "val/acc")) == 2
-    assert "test/acc" in runs[0].data.metrics
-    assert {a.path for a in client.list_artifacts(runs[0].info.run_id, "checkpoints")} == {
-        "checkpoints/best.pt", "checkpoints/last.pt"}  # last.pt: each epoch's state, to resume from
+    (job,) = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == (parent if sweep_job else None)]
+    assert job.info.status == "FAILED"
+    assert len(client.get_metric_history(job.info.run_id, "val/acc")) == 2
+    assert "test/acc" in job.data.metrics
+    assert {a.path for a in client.list_artifacts(job.info.run_id, "checkpoints")} == (
+        set() if sweep_job else {"checkpoints/best.pt", "checkpoints/last.pt"})
 
 
 @pytest.mark.parametrize("asked,device,precision,expected", [
