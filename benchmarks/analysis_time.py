@@ -13,7 +13,8 @@ from hydra import compose, initialize_config_module
 
 from imgexp.analysis.report import final_artifacts
 from imgexp.register import register
-from imgexp.run import analysis_sample, build
+from imgexp.analysis.sample import analysis_sample
+from imgexp.build import build
 
 ROOT = Path(__file__).resolve().parents[2] / "shared/datasets/cifar10"
 

@@ -75,12 +75,12 @@ def imgexp(args, env: dict[str, str]) -> dict[str, float]:
 
 def parts(args) -> None:
     """Milliseconds per training step in each part of imgexp's step, in-process on the job ``python -m imgexp``
-    builds (``imgexp.run.build``), median of 20 steps after 3 of warm-up."""
+    builds (``imgexp.build.build``), median of 20 steps after 3 of warm-up."""
     import torch
     from hydra import compose, initialize_config_module
 
     from imgexp.register import register
-    from imgexp.run import build
+    from imgexp.build import build
 
     register()
     with initialize_config_module(config_module="imgexp.conf", version_base=None):

@@ -2,7 +2,7 @@
 
 Per seed, in one process and one after the other: the bare loop (fp32, data as one in-memory tensor
 normalized once, flip with ``torch.where``, Adam, cross-entropy, validate every epoch, test the best-val
-weights), then imgexp's trainer built from the config (``imgexp.run.build``: the same data tensors and
+weights), then imgexp's trainer built from the config (``imgexp.build.build``: the same data tensors and
 model) in each asked variant. An epoch is one training pass plus one validation pass, on both sides;
 the median epoch of each run is reported, and ratios against the bare loop.
 
@@ -27,7 +27,7 @@ from hydra import compose, initialize_config_module
 
 from imgexp.register import register
 from imgexp.models import create_model
-from imgexp.run import build
+from imgexp.build import build
 
 ROOT = Path(__file__).resolve().parents[2] / "shared/datasets/cifar10"
 VARIANTS = {"fp32": [], "bf16_cl": ["trainer.precision=bf16", "trainer.channels_last=true"], "fast": ["trainer=fast"]}

@@ -135,6 +135,12 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return {k: v for key, value in node.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
 
 
+def flat_params(cfg: DictConfig) -> dict[str, object]:
+    """The resolved config as ``{"optimizer.lr": 0.001, ...}`` for MLflow params (``_partial_`` left out)."""
+    return {k: v for k, v in flatten(OmegaConf.to_container(cfg, resolve=True)).items()
+            if not k.endswith("._partial_")}
+
+
 ABSENT = "(none)"  # a key one of two configs does not have
 
 

@@ -74,11 +74,12 @@ def evaluate(cfg: EvaluateConfig, data_node: Optional[DictConfig], output_dir: s
     """Evaluate ``cfg.run``'s model on ``data_node`` (None: its own data); returns the printed summary."""
     import torch.nn.functional as F
 
-    from imgexp.rebuild import rebuild
-    from imgexp.run import flat_params, summary_table
+    from imgexp.config import flat_params
+    from imgexp.report import summary_table
     from imgexp.runtime import resolve_device
-    from imgexp.tracking import start_run
-    from imgexp.tracking.mlflow import open_store, tracking_uri
+    from imgexp.tracking.rebuild import rebuild
+    from imgexp.tracking.store import ROLE_TAG, open_store, tracking_uri
+    from imgexp.tracking.tracker import start_run
     from imgexp.train.metrics import classification_metrics, confusion_counts, confusion_table, per_class_table
 
     uri = tracking_uri(cfg.tracking_uri)
@@ -97,7 +98,7 @@ def evaluate(cfg: EvaluateConfig, data_node: Optional[DictConfig], output_dir: s
               "evaluation.model": cfg.run}
     experiment = cfg.experiment or client.get_experiment(trained_run.info.experiment_id).name
     name = f"evaluate {trained_run.info.run_name} on {data_cfg.name} {cfg.split}"
-    tags = {EVALUATED_TAG: run_id, "imgexp.role": "evaluation", "imgexp.model": spec.model["name"],
+    tags = {EVALUATED_TAG: run_id, ROLE_TAG: "evaluation", "imgexp.model": spec.model["name"],
             "imgexp.data": data_cfg.name}
     with start_run(True, uri, experiment, name, params, tags, spool_dir=Path(output_dir) / "mlflow_spool") as tracker:
         split = {"test": 2, "val": 1}[cfg.split]

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from imgexp.config import validate
 from imgexp.register import schemas
-from imgexp.run import build
+from imgexp.build import build
 
 from conftest import CONF, SLOW_MODELS, config_options
 

@@ -160,7 +160,7 @@ def test_a_two_rank_run_is_one_run_in_one_directory_and_its_val_acc_is_its_best_
     from hydra import compose, initialize_config_module
 
     from imgexp.checkpoint import load
-    from imgexp.run import build
+    from imgexp.build import build
 
     best_epoch = int(run.data.metrics["val/best_epoch"])
     logged = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val/acc")}[best_epoch]

@@ -223,7 +223,7 @@ def test_directions_and_metrics_are_counted_before_the_first_trial(workdir):
 
 
 def test_an_interrupted_trial_is_tried_three_times_at_most():
-    from hydra_plugins.imgexp_optuna_sweeper.study import ATTEMPT_ATTR, MAX_ATTEMPTS, given_up, not_yet_retried
+    from hydra_plugins.imgexp_optuna_sweeper.retries import ATTEMPT_ATTR, MAX_ATTEMPTS, given_up, not_yet_retried
 
     study = optuna.create_study()
     dist = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2)}
@@ -309,7 +309,7 @@ def test_a_full_disk_leaves_a_resumable_run_and_one_line(workdir, small_disk):
 
 
 def test_an_unreachable_server_is_one_warning_per_outage(tmp_path, caplog, monkeypatch):
-    from imgexp.tracking.mlflow import MlflowTracker
+    from imgexp.tracking.tracker import MlflowTracker
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")

@@ -268,7 +268,7 @@ def test_a_sweep_registers_its_best_jobs_model_once(workdir, client):
 def test_dataset_inputs_wait_in_the_spool_while_the_server_is_away(workdir, client):
     """Logged while the tracking server is unreachable, the splits are spooled and sent with the rest."""
     from imgexp.data.records import SplitRecord
-    from imgexp.tracking.mlflow import MlflowTracker
+    from imgexp.tracking.tracker import MlflowTracker
 
     experiment = client.create_experiment("spooled")
     run_id = client.create_run(experiment).info.run_id
@@ -289,7 +289,7 @@ def test_runs_started_together_log_their_shared_dataset_again_after_the_race():
     """Two runs inserting the same data set row at once: the store's unique constraint fails one; it logs
     again. Any other error is raised at once."""
     from imgexp.data.records import SplitRecord
-    from imgexp.tracking.mlflow import log_inputs
+    from imgexp.tracking.store import log_inputs
 
     class Store:
         def __init__(self, errors):

@@ -8,7 +8,7 @@ import torch
 
 from imgexp.analysis import layer_features
 from imgexp.losses.kmeans_center import KMeansCenterLoss, center_stats, kmeans
-from imgexp.run import build
+from imgexp.build import build
 
 
 def train_digits(compose_cfg, tmp_path, loss: str, seed: int):

@@ -9,7 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 from imgexp.tracking import resume
-from imgexp.tracking.mlflow import CHECKPOINT_DIR_TAG
+from imgexp.tracking.store import CHECKPOINT_DIR_TAG
 
 
 def logged_run(tmp_path: Path) -> tuple[MlflowClient, object, Path]:

@@ -163,7 +163,7 @@ def test_channels_last_is_used_where_it_is_faster_unless_asked(asked, device, pr
 
 @pytest.mark.parametrize("override,nhwc", [([], True), (["trainer.channels_last=false"], False)])
 def test_a_cpu_run_trains_nhwc_by_default(compose_cfg, tmp_path, override, nhwc):
-    from imgexp.run import build
+    from imgexp.build import build
 
     job = build(compose_cfg("device=cpu", "data=synthetic", "tracking=none", *override), tmp_path)
     conv = next(m for m in job.trainer.model.modules() if isinstance(m, torch.nn.Conv2d))

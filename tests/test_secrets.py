@@ -21,7 +21,8 @@ from conftest import run_cli
 from imgexp.config import ConfigError
 from imgexp.errors import describe
 from imgexp.redact import RedactFilter, install, mask, mask_container, mask_files
-from imgexp.tracking.mlflow import MlflowTracker, check_database
+from imgexp.tracking.store import check_database
+from imgexp.tracking.tracker import MlflowTracker
 
 SECRET = "s3cret"
 FAST = ["epochs=1", "progress=false", "analysis=none", "data.subset=200"]

@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 
 from conftest import run_cli
 from hydra_plugins.imgexp_optuna_sweeper.study import warmup_steps
-from imgexp.run import summary
+from imgexp.report import summary
 
 FAST = ["analysis=none", "progress=false", "data.subset=200"]
 

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from conftest import run_cli
 from hydra.core.utils import JobReturn, JobStatus
-from hydra_plugins.imgexp_optuna_sweeper.study import outcome
+from hydra_plugins.imgexp_optuna_sweeper.trial_loop import outcome
 from hydra_plugins.imgexp_optuna_sweeper.study_lock import StudyLock
 from imgexp.tracking.sweep import failure, save_figures
 from imgexp.tracking.study_plots import study_plots
@@ -138,7 +138,7 @@ def test_sweeps_never_train_a_finished_config_twice(workdir, monkeypatch):
 
 @pytest.mark.slow
 def test_reuse_needs_the_same_code_version_unless_any(tmp_path):
-    from imgexp.tracking.mlflow import CODE_VERSION_TAG, code_version
+    from imgexp.tracking.store import CODE_VERSION_TAG, code_version
     from imgexp.tracking.reuse import finished_run
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")

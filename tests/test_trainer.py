@@ -12,7 +12,7 @@ from imgexp.checkpoint import load
 from imgexp.config import ConfigError
 from imgexp.data import DataInfo
 from imgexp.models import create_model
-from imgexp.run import build
+from imgexp.build import build
 from imgexp.train import NonFiniteLossError, Schedule, Trainer, TrainingInterrupted
 from imgexp.train.trainer import NAN_CHECK_STEPS
 

@@ -17,9 +17,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn
 
 from imgexp import redact
-from imgexp.tracking.mlflow import ERROR_TAG
-from imgexp.tracking.sweep import (ParentRun, check_composes, failure, finish, hide_internal_overrides, job_error,
-                                  job_name, light_analysis, objective)
+from imgexp.sweep_overrides import check_composes, hide_internal_overrides, job_name, light_analysis
+from imgexp.tracking.store import ERROR_TAG
+from imgexp.tracking.sweep import ParentRun, failure, finish, job_error, objective
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,10 @@
-"""What a run draws from its model, as ``{artifact path: Figure or HTML text}`` for the tracker to store
-(the caller closes the figures). ``cfg`` is the ``analysis`` config group."""
+"""What a run draws from its model, as ``{artifact path: Figure or HTML text}``, and how it goes into a run
+(:func:`log_artifacts`, which closes the figures). ``cfg`` is the ``analysis`` config group. A run's report
+phase and a sweep's end (its best job's analysis) both draw through :func:`analyse_model`."""
 from __future__ import annotations
 
+import logging
+import time
 from typing import Union
 
 import torch
@@ -13,6 +16,7 @@ from imgexp.analysis.feature_maps import feature_maps_figure
 from imgexp.analysis.pyplot import plt
 from imgexp.analysis.tsne import default_layers, embedding_figure, embedding_html, layer_features, tsne_embed
 
+log = logging.getLogger(__name__)
 Artifacts = dict[str, Union[plt.Figure, str]]
 CORRECT_WRONG_POOL = 400  # random sampled images searched for right and wrong predictions
 
@@ -69,3 +73,23 @@ def final_artifacts(model: nn.Module, x: torch.Tensor, y: torch.Tensor, class_na
         layers = list(cfg.feature_layers) if cfg.feature_layers else list(dict.fromkeys(convs[:1] + convs[-1:]))
         out["plots/feature_maps.png"] = feature_maps_figure(model, layers, x[:2])
     return out
+
+
+def log_artifacts(tracker, artifacts: Artifacts) -> None:
+    """Figures as PNGs, text (HTML) as files, into ``tracker``'s run (a :class:`~imgexp.tracking.tracker.Tracker`);
+    every figure closed."""
+    for path, item in artifacts.items():
+        if isinstance(item, str):
+            tracker.log_text(item, path)
+        else:
+            tracker.log_figure(item, path)
+            plt.close(item)
+
+
+def analyse_model(tracker, model: nn.Module, sample: tuple[torch.Tensor, torch.Tensor], class_names: list[str],
+                  cfg, title: str) -> None:
+    """Draw :func:`final_artifacts` of ``model`` (its best weights) on the analysis ``sample`` into ``tracker``'s run."""
+    log.info("analysis (%s) of the best model on %d test images...", cfg.name, len(sample[1]))
+    began = time.perf_counter()
+    log_artifacts(tracker, final_artifacts(model, *sample, class_names, cfg, title))
+    log.info("analysis done in %.1f s", time.perf_counter() - began)

@@ -21,7 +21,7 @@ from imgexp.compare.stats import mean_ci
 from imgexp.compare.select import Selection
 from imgexp.compare.table import Table
 from imgexp.redact import mask
-from imgexp.tracking.reuse import REUSED_FROM_TAG
+from imgexp.tracking.store import REUSED_FROM_TAG
 from imgexp.tracking.study_plots import FOLDER as STUDY_FOLDER
 
 CURVES = ("train/acc", "val/acc", "train/loss", "val/loss")

@@ -14,9 +14,7 @@ from mlflow.exceptions import MlflowException
 
 from imgexp.compare.config import CompareConfig
 from imgexp.config import UNHASHED_KEYS, ConfigError, as_list
-from imgexp.tracking.mlflow import ERROR_TAG, STATUS_TAG, SWEEP_ID_TAG, tracking_uri
-from imgexp.tracking.reuse import REUSED_FROM_TAG
-from imgexp.tracking.sweep import ROLE_TAG
+from imgexp.tracking.store import ERROR_TAG, REUSED_FROM_TAG, ROLE_TAG, STATUS_TAG, SWEEP_ID_TAG, tracking_uri
 
 
 @dataclass

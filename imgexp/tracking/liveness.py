@@ -1,4 +1,4 @@
-"""Whether the process behind a RUNNING run or sweep parent still lives, so that a lost one (kill -9, the
+"""Tracking, middle layer (uses store.py): whether the process behind a RUNNING run or sweep parent still lives, so that a lost one (kill -9, the
 OOM killer, a dead node, a preempted container) is closed KILLED, which makes it resumable, and a live
 one is never resumed by a second process.
 
@@ -17,11 +17,9 @@ from typing import Optional
 
 from imgexp.config import ConfigError
 from imgexp.locks import sqlite_path, store_lock
-from imgexp.tracking.mlflow import ERROR_TAG, HOST_TAG, PID_TAG, STATUS_TAG
+from imgexp.tracking.store import ERROR_TAG, HEARTBEAT_TAG, HOST_TAG, PID_TAG, SLURM_TAG, STATUS_TAG
 
 log = logging.getLogger(__name__)
-HEARTBEAT_TAG = "imgexp.heartbeat"
-SLURM_TAG = "imgexp.slurm_job"  # <job id>[_<array task>]#<restart count>, for runs inside SLURM
 HEARTBEAT_S = 60.0
 LOST_AFTER_S = 600.0  # ten missed heartbeats
 CLAIM_SETTLE_S = 1.0  # on a server: how long a claim of a run waits to see whether another one followed it

@@ -1,4 +1,4 @@
-"""A run's best model as an MLflow logged model (a pyfunc whose ``loader_module`` is :mod:`imgexp.classifier`:
+"""Tracking, middle layer (uses store.py): a run's best model as an MLflow logged model (a pyfunc whose ``loader_module`` is :mod:`imgexp.classifier`:
 state dict + JSON spec, no pickled code), registration in MLflow's model registry, and the resolution of a
 model reference (run id, ``runs:/``, ``models:/``, a folder) to a local classifier folder."""
 from __future__ import annotations
@@ -15,10 +15,10 @@ from imgexp import __version__
 from imgexp.classifier import Classifier, Spec, save
 from imgexp.config import ConfigError
 from imgexp.errors import describe
+from imgexp.tracking.store import tracking_uri
 
 log = logging.getLogger(__name__)
 MODEL_NAME = "model"  # the logged model's name: runs:/<run id>/model
-REGISTERED_TAG = "imgexp.registered"  # on a run whose model was registered: "<name>/<version>"
 
 
 def requirements() -> list[str]:
@@ -90,7 +90,6 @@ def model_folder(reference: str, uri: Optional[str], dst: str | Path, key: str =
     import mlflow
 
     from imgexp.classifier import SPEC_FILE
-    from imgexp.tracking.mlflow import tracking_uri
 
     local = Path(reference)
     if not (local / SPEC_FILE).exists() and not (local / "data" / "classifier" / SPEC_FILE).exists():

@@ -1,4 +1,4 @@
-"""Optuna's pruners by name, and the exception a pruned job ends with; imported only in an Optuna sweep."""
+"""Tracking, middle layer (nothing of tracking/): Optuna's pruners by name, and the exception a pruned job ends with; imported only in an Optuna sweep."""
 from __future__ import annotations
 
 import optuna

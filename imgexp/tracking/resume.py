@@ -1,4 +1,4 @@
-"""Where a resumed run continues from: ``resume=`` names an output directory, a checkpoint file, an MLflow
+"""Tracking, middle layer (uses store.py and liveness.py): where a resumed run continues from: ``resume=`` names an output directory, a checkpoint file, an MLflow
 run id, or ``auto`` (the newest unfinished run with the same config hash). The run's ``last.pt`` (and
 ``best.pt``, when there is one) are copied or downloaded into the new run's checkpoint directory."""
 from __future__ import annotations
@@ -19,7 +19,7 @@ from imgexp.config import ConfigError, as_override, differences
 from imgexp.errors import describe
 from imgexp.redact import mask_container
 from imgexp.tracking.liveness import check_resumable, close_lost_runs
-from imgexp.tracking.mlflow import CHECKPOINT_DIR_TAG, CONFIG_HASH_TAG, open_store, tracking_uri
+from imgexp.tracking.store import CHECKPOINT_DIR_TAG, CONFIG_HASH_TAG, open_store, tracking_uri
 
 log = logging.getLogger(__name__)
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")

@@ -1,21 +1,20 @@
-"""Sweeps never train the same thing twice. A sweep job whose config hash (and code version, unless
+"""Tracking, middle layer (uses store.py): sweeps never train the same thing twice. A sweep job whose config hash (and code version, unless
 ``reuse=any``) matches a FINISHED run of the same experiment is not trained: it is recorded as a child run
 of its sweep that holds the original's params and metric histories, tagged ``imgexp.reused_from`` with the
 original's id. The comparison stage counts the two once. Failed, pruned and killed runs are never reused
-(a killed one is resumed instead, see ``imgexp.run``)."""
+(a killed one is resumed instead, see ``imgexp.start``)."""
 from __future__ import annotations
 
 import logging
 from typing import TYPE_CHECKING, Optional
 
-from imgexp.tracking.mlflow import (CODE_VERSION_TAG, CONFIG_HASH_TAG, STATUS_TAG, code_version, experiment_id,
-                                    open_store, parent_tags, tracking_uri)
+from imgexp.tracking.store import (CODE_VERSION_TAG, CONFIG_HASH_TAG, REUSED_FROM_TAG, STATUS_TAG, code_version,
+                                   experiment_id, open_store, parent_tags, tracking_uri)
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
 
 log = logging.getLogger(__name__)
-REUSED_FROM_TAG = "imgexp.reused_from"  # on a record of a reused run: the run that was trained
 BATCH = 1000  # MLflow's limit of metrics per log_batch call (params: 100)
 
 

@@ -1,4 +1,4 @@
-"""Config schema of the tracking group (conf/tracking/): where and how a run is logged in MLflow."""
+"""Tracking, bottom layer (nothing of tracking/): config schema of the tracking group (conf/tracking/): where and how a run is logged in MLflow."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,7 +6,7 @@ from typing import Optional
 
 from imgexp.config import require_choice
 
-CHECKPOINTS = ("best", "last", "both", "none")  # tracking.checkpoints: see imgexp.tracking.mlflow.start_run
+CHECKPOINTS = ("best", "last", "both", "none")  # tracking.checkpoints: see imgexp.tracking.tracker.start_run
 
 
 @dataclass

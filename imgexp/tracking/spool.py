@@ -1,4 +1,5 @@
-"""What could not be sent to the tracking server, kept on disk in order until it can be.
+"""Tracking, middle layer (uses store.py): what could not be sent to the tracking server, kept on disk in
+order until it can be.
 
 A spool is a folder: ``spool.json`` (tracking URI, run id, how many operations were sent), ``journal.jsonl``
 (one operation a line: metrics with their step and time, a file to store as an artifact, tags, the run's
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from imgexp.redact import mask
+from imgexp.tracking.store import drop_checkpoints, few_http_retries, log_inputs
 
 
 class Spool:
@@ -89,12 +91,8 @@ class Spool:
             elif op["op"] == "tags":
                 client.log_batch(run_id, tags=[RunTag(k, v) for k, v in op["tags"].items()])
             elif op["op"] == "inputs":
-                from imgexp.tracking.mlflow import log_inputs
-
                 log_inputs(client, run_id, op["records"])
             elif op["op"] == "drop":
-                from imgexp.tracking.mlflow import drop_checkpoints
-
                 drop_checkpoints(client, run_id, op["keep"])
             elif op["op"] == "end":
                 client.set_terminated(run_id, op["status"])
@@ -112,8 +110,6 @@ def main(argv: Optional[list[str]] = None) -> None:
                         "password, if it had one, is kept masked)")
     args = parser.parse_args(argv)
     from mlflow import MlflowClient
-
-    from imgexp.tracking.mlflow import few_http_retries
 
     few_http_retries()  # a server still down: the error in seconds, not after minutes of retries
     spool = Spool.open(args.folder)

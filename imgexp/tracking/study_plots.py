@@ -1,4 +1,4 @@
-"""Optuna's own figures of a study (``optuna.visualization.matplotlib``), for its sweep's parent run.
+"""Tracking, middle layer (nothing of tracking/): Optuna's own figures of a study (``optuna.visualization.matplotlib``), for its sweep's parent run.
 
 The compare report finds them on a study's parent run as ``optuna/*.png``. A plot that cannot be drawn is
 left out with one log line; drawing never fails the sweep.

@@ -1,85 +1,30 @@
-"""What imgexp's two sweepers share: a sweep's MLflow parent run, opened before the first job and closed
-with a summary (:func:`finish`), and how a failed job is recorded.
+"""Tracking, top layer: what imgexp's two sweepers share, a sweep's MLflow parent run, opened before the first
+job and closed with a summary (:func:`finish`), the best job's analysis and registration, and how a failed job
+is recorded.
 
-Jobs find it through ``tracking.parent_run_id`` (an override the sweeper adds to every job), so it works
+Jobs find the parent through ``tracking.parent_run_id`` (an override the sweeper adds to every job), so it works
 whatever launcher runs them: in-process, joblib worker processes or SLURM jobs.
 """
 from __future__ import annotations
 
 import json
 import logging
-import re
 from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig
 
+from imgexp.config import as_list
 from imgexp.errors import describe
 from imgexp.redact import mask
+from imgexp.sweep_overrides import asked
 from imgexp.tracking.liveness import Heartbeat, close_lost_runs, owner_tags
-from imgexp.tracking.mlflow import SWEEP_ID_TAG, experiment_id, open_store, source_tags, tracking_uri
+from imgexp.tracking.reuse import count_reused
+from imgexp.tracking.store import (REGISTERED_TAG, REUSED_FROM_TAG, ROLE_TAG, STATUS_TAG, SWEEP_ID_TAG, SWEEPER_TAG,
+                                   experiment_id, open_store, run_location, source_tags, tracking_uri)
 
 log = logging.getLogger(__name__)
-SWEEPER_KEYS = ("tracking.parent_run_id=", "tracking.job_name=", "trial.")  # overrides the sweepers add to jobs
-INTERNAL = re.compile(r"\s*(?:" + "|".join(re.escape(k) if k.endswith("=") else re.escape(k) + r"\w+="
-                                             for k in SWEEPER_KEYS) + r")(?:'(?:\\.|[^'])*'|\S+)")
-ROLE_TAG = "imgexp.role"  # "sweep" on parent runs
-SWEEPER_TAG = "imgexp.sweeper"  # grid | optuna
-
-
-class HideInternalOverrides(logging.Filter):
-    """Launchers log each job's overrides: leave out those the sweepers add (:data:`SWEEPER_KEYS`)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if INTERNAL.search(record.getMessage()):
-            record.msg, record.args = INTERNAL.sub("", record.getMessage()), None
-        return True
-
-
-LAUNCHER_LOGGERS = ("hydra._internal.core_plugins.basic_launcher", "hydra_plugins.hydra_joblib_launcher._core",
-                    "hydra_plugins.hydra_submitit_launcher.submitit_launcher")
-
-
-def hide_internal_overrides() -> None:
-    """Install :class:`HideInternalOverrides` on the loggers of Hydra's launchers that imgexp presets use."""
-    for name in LAUNCHER_LOGGERS:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, HideInternalOverrides) for f in logger.filters):
-            logger.addFilter(HideInternalOverrides())
-
-
-def job_name(words: list[str]) -> list[str]:
-    """The override that names a job's run, e.g. by its swept values (``small_cnn epochs=1 batch=32``)."""
-    name = " ".join(words)[:240]
-    return [f"tracking.job_name='{name}'"] if name and "'" not in name and "\\" not in name else []
-
-
-def light_analysis(config: DictConfig, overrides: list[str]) -> list[str]:
-    """``analysis=none`` for a sweep's jobs (learning curves and confusion matrices only: the analysis costs
-    seconds per job), unless the sweep chose its analysis (any ``analysis`` override, or a template, whose
-    defaults list chooses it); the sweep's best job is analysed at its end (:meth:`ParentRun.analyse`)."""
-    chosen = any(o.lstrip("+~").split("=", 1)[0].split(".")[0] == "analysis" for o in overrides)
-    if chosen or config.hydra.job.config_name != "config":
-        return []
-    log.info("sweep jobs draw learning curves and confusion matrices only (analysis=none); the best job's "
-             "analysis is drawn at the end (analysis=default draws it in every job)")
-    return ["analysis=none"]
-
-
-def check_composes(hydra_context, config: DictConfig, base: list[str], variants: list[str]) -> None:
-    """Compose the job ``base`` and, for each override of ``variants``, ``base`` with that key's value
-    replaced, before anything is recorded: a value no option has (``model=resnet181``) stops the sweep with
-    one line before its parent run exists. Value checks (``batch=0``) stay with each job, which records them."""
-    def key(override: str) -> str:
-        return override.split("=", 1)[0]
-
-    def with_value(variant: str) -> list[str]:
-        job = [variant if key(o) == key(variant) else o for o in base]
-        return job if variant in job else job + [variant]
-
-    for job in [base] + [with_value(v) for v in dict.fromkeys(variants) if v not in base]:
-        hydra_context.config_loader.load_sweep_config(config, job)
 
 
 class ParentRun:
@@ -127,8 +72,6 @@ class ParentRun:
         """How many of the sweep's jobs were not trained: records of FINISHED runs of the same config."""
         if not self.run_id:
             return 0
-        from imgexp.tracking.reuse import count_reused
-
         return count_reused(self.client, self.client.get_run(self.run_id).info.experiment_id, self.run_id)
 
     def children(self) -> list:
@@ -151,8 +94,6 @@ class ParentRun:
 
     def best_child(self, metric: str, maximize: bool):
         """The FINISHED, unpruned child run with the best ``metric`` (None without one)."""
-        from imgexp.tracking.mlflow import STATUS_TAG
-
         children = [r for r in self.children() if r.info.status == "FINISHED" and STATUS_TAG not in r.data.tags
                     and metric in r.data.metrics]
         return (max if maximize else min)(children, key=lambda r: r.data.metrics[metric]) if children else None
@@ -160,8 +101,7 @@ class ParentRun:
     def register_best(self, best, metric: str) -> dict[str, str]:
         """Register the model of child run ``best`` (a reused job's: its trained run's) as a new version of
         :attr:`register`; returns tags for the parent run (none without a model)."""
-        from imgexp.tracking.logged_model import REGISTERED_TAG, register
-        from imgexp.tracking.reuse import REUSED_FROM_TAG
+        from imgexp.tracking.logged_model import register  # torch: only when a sweep registers
 
         if best is None:
             log.warning("no finished job logged %s: no model registered as %r", metric, self.register)
@@ -177,14 +117,14 @@ class ParentRun:
 
     def analyse(self, best, spool_dir: Path) -> None:
         """Draw the default analysis of ``best``'s model (a reused job's: its trained run's, unless that run
-        has one) into its run; a failure is one warning, the sweep's results stand."""
-        from imgexp.analysis.report import final_artifacts
+        has one) into its run, as a run's report phase draws it; a failure is one warning, the sweep's results
+        stand."""
+        from imgexp.analysis.report import analyse_model  # matplotlib, torch: only at the end
+        from imgexp.analysis.sample import analysis_sample
         from imgexp.analysis.schema import AnalysisConfig
-        from imgexp.rebuild import rebuild
-        from imgexp.run import analysis_sample, log_artifacts
         from imgexp.runtime import resolve_device
-        from imgexp.tracking.mlflow import MlflowTracker
-        from imgexp.tracking.reuse import REUSED_FROM_TAG
+        from imgexp.tracking.rebuild import rebuild
+        from imgexp.tracking.tracker import MlflowTracker
 
         run_id, uri = best.data.tags.get(REUSED_FROM_TAG, best.info.run_id), self.client.tracking_uri
         if {a.path for a in self.client.list_artifacts(run_id, "plots")} & {"plots/cam", "plots/tsne"}:
@@ -193,17 +133,15 @@ class ParentRun:
         try:
             rebuilt = rebuild(self.client, uri, run_id, resolve_device("auto"))  # a GPU when there is one
             cfg = AnalysisConfig()
-            x, y = analysis_sample(rebuilt.model_ready("test"), cfg.points, rebuilt.config.seed)
+            sample = analysis_sample(rebuilt.model_ready("test"), cfg.points, rebuilt.config.seed)
             title = f"best job of the sweep, test/acc {rebuilt.run.data.metrics['test/acc']:.3f}"
-            log_artifacts(MlflowTracker(self.client, run_id, uri, spool_dir),
-                          final_artifacts(rebuilt.classifier.model, x, y, rebuilt.classifier.class_names, cfg, title))
+            analyse_model(MlflowTracker(self.client, run_id, uri, spool_dir), rebuilt.classifier.model, sample,
+                          rebuilt.classifier.class_names, cfg, title)
         except Exception as err:  # noqa: BLE001 - e.g. a job without a logged model (tracking.log_model=false)
             log.warning("the best job's analysis was not drawn: %s", describe(err)[:300])
 
     def ending(self, best, metric: str) -> str:
         """The sweep's last lines: its parent run and link, the best job, the compare command."""
-        from imgexp.tracking.mlflow import run_location
-
         lines = [f"sweep parent: {run_location(self.client, self.client.tracking_uri, self.run_id)}"]
         if best is not None:
             lines.append(f"best job: run {best.info.run_id} ({best.info.run_name}), {metric} "
@@ -239,8 +177,7 @@ def job_error(ret: JobReturn) -> Optional[BaseException]:
 
 def failure(ret: JobReturn, error: BaseException) -> dict[str, Any]:
     """A failed job for the summary: its number, the overrides the user asked for, the one-line error."""
-    asked = [o for o in ret.overrides or [] if not o.startswith(SWEEPER_KEYS)]
-    return {"job": ret.hydra_cfg.hydra.job.num if ret.hydra_cfg else None, "overrides": asked,
+    return {"job": ret.hydra_cfg.hydra.job.num if ret.hydra_cfg else None, "overrides": asked(ret.overrides or []),
             "error": describe(error)}
 
 
@@ -260,8 +197,6 @@ def save_figures(figures: dict[str, Any], folder: Path) -> list[Path]:
 
 def objective(config: DictConfig) -> tuple[str, bool]:
     """A grid sweep's objective: the first ``optimized_metric``, higher better unless it is a loss."""
-    from imgexp.config import as_list
-
     metric = as_list(config.optimized_metric)[0]
     return metric, "loss" not in metric
 

@@ -1,4 +1,4 @@
-"""A job's link to its Optuna trial: report the optimized metric after each epoch, and stop the job
+"""Tracking, middle layer (uses pruning.py): a job's link to its Optuna trial: report the optimized metric after each epoch, and stop the job
 when the study's pruner says so. The sweeper stores the pruner's settings in the study, so a job in
 any process (or on any SLURM node) rebuilds the same pruner from the storage alone."""
 from __future__ import annotations

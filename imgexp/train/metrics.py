@@ -53,3 +53,10 @@ def per_class_table(cm: np.ndarray, class_names: list[str]) -> pd.DataFrame:
 def confusion_table(cm: np.ndarray, class_names: list[str]) -> pd.DataFrame:
     """:func:`confusion_counts` labelled: rows are true classes, columns predicted ones."""
     return pd.DataFrame(cm, index=pd.Index(class_names, name="true"), columns=class_names)
+
+
+def epoch_line(epoch: int, epochs: int, m: dict[str, float]) -> str:
+    """One log line per epoch, for logs without a progress bar (nohup, SLURM, docker)."""
+    return (f"epoch {epoch}/{epochs}: train loss {m['train/loss']:.4f} acc {m['train/acc']:.4f} | val loss "
+            f"{m['val/loss']:.4f} acc {m['val/acc']:.4f} | lr {m['train/lr']:.3g} | {m['time/epoch_s']:.1f} s, "
+            f"{m['time/images_per_s']:.0f} images/s")

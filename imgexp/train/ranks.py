@@ -6,6 +6,7 @@ so they never wait for the GPU."""
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -46,6 +47,12 @@ class Ranks:
     def lost(self, err: BaseException) -> bool:
         """Whether ``err`` is a collective's failure: some other rank is gone."""
         return self.world > 1 and (isinstance(err, dist.DistError) or any(w in str(err) for w in PEER_ERRORS))
+
+    def raise_if_lost(self, err: BaseException) -> None:
+        """Raise :class:`RankLost` (from ``err``) when ``err`` says another rank is gone (see :meth:`lost`)."""
+        if self.lost(err):
+            what = re.sub(r"^\[[^\]]*\]\s*", "", str(err).strip().splitlines()[0])  # less gloo's source line
+            raise RankLost(f"another rank of the run was lost: {what[:300]}") from err
 
     def leave(self) -> None:
         if self.world > 1 and dist.is_initialized():

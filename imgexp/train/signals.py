@@ -12,7 +12,8 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
-from imgexp.train.trainer import Trainer, TrainingInterrupted
+from imgexp.train.stopping import TrainingInterrupted
+from imgexp.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)

@@ -9,16 +9,14 @@ Over several ranks (``ranks``, torch.distributed) the model trains wrapped in Di
 rank on its part of every batch; the ranks agree after every step on whether to stop, metrics are totals
 over all ranks, evaluation gathers every rank's rows, and rank 0 alone writes checkpoints (with every
 rank's RNG and loader state) and runs ``on_epoch``, whose raising stops every rank.
-
-Two optional hooks come from outside the generic step: the loss's ``start_epoch()`` / ``epoch_metrics()``
-(the K-means center loss) and the model's ``auxiliary_loss(targets)`` (GoogLeNet's auxiliary heads).
+Optional hooks: the loss's ``start_epoch()`` / ``epoch_metrics()`` (the K-means center loss), the model's
+``auxiliary_loss(targets)`` (GoogLeNet's auxiliary heads).
 """
 from __future__ import annotations
 
 import logging
 import math
 import os
-import re
 import signal
 import time
 from dataclasses import dataclass
@@ -32,10 +30,11 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from imgexp.checkpoint import load, save_atomic
-from imgexp.train.metrics import classification_metrics
-from imgexp.train.ranks import RankLost, Ranks
+from imgexp.train.metrics import classification_metrics, epoch_line
+from imgexp.train.ranks import Ranks
 from imgexp.train.rng import rng_state, set_rng_state
 from imgexp.train.schedule import Schedule
+from imgexp.train.stopping import NonFiniteLossError, StoppedByRankZero, TrainingInterrupted, early_stop
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -48,26 +47,6 @@ CHECKPOINT_FORMAT = 1
 MIN_EPOCH_S = float(os.environ.get("IMGEXP_TEST_MIN_EPOCH_S", "0"))
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite."""
-
-
-class StoppedByRankZero(Exception):
-    """Ends ranks other than 0 when rank 0's ``on_epoch`` stopped the run (pruning, a failed callback)."""
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped on request (SIGTERM, SIGUSR1, Ctrl-C) after saving ``last.pt``; resumable."""
-
-    run_status = "interrupted"
-
-    def __init__(self, signum: int, where: str, checkpoint: Path) -> None:
-        super().__init__(f"stopped by {signal.Signals(signum).name} {where}; state saved in {checkpoint}")
-        self.signum, self.checkpoint = signum, checkpoint
-        self.exit_code = 128 + signum
-        self.chain = None  # the signal's earlier handler, to call once the run is closed (see signals.py)
-
-
 @dataclass
 class FitResult:
     history: list[dict[str, float]]  # one dict of metrics per epoch, epoch 1 first
@@ -76,13 +55,6 @@ class FitResult:
     test_logits: torch.Tensor
     test_targets: torch.Tensor
     stopped_epoch: Optional[int] = None  # early stopping ended training after this epoch
-
-
-def epoch_line(epoch: int, epochs: int, m: dict[str, float]) -> str:
-    """One log line per epoch, for logs without a progress bar (nohup, SLURM, docker)."""
-    return (f"epoch {epoch}/{epochs}: train loss {m['train/loss']:.4f} acc {m['train/acc']:.4f} | val loss "
-            f"{m['val/loss']:.4f} acc {m['val/acc']:.4f} | lr {m['train/lr']:.3g} | {m['time/epoch_s']:.1f} s, "
-            f"{m['time/images_per_s']:.0f} images/s")
 
 
 class Trainer:
@@ -280,9 +252,7 @@ class Trainer:
         try:
             return self._fit(on_epoch)
         except RuntimeError as err:
-            if self.ranks.lost(err):
-                what = re.sub(r"^\[[^\]]*\]\s*", "", str(err).strip().splitlines()[0])  # less gloo's source line
-                raise RankLost(f"another rank of the run was lost: {what[:300]}") from err
+            self.ranks.raise_if_lost(err)
             raise
 
     def _fit(self, on_epoch: Optional[EpochCallback]) -> FitResult:
@@ -325,18 +295,5 @@ class Trainer:
         return FitResult(self.history, self.best_epoch, test_metrics, logits.cpu(), targets.cpu(), stopped)
 
     def stalled(self) -> bool:
-        """Whether early stopping ends training now: the monitored metric's best epoch is ``patience`` epochs
-        back (decided from the history, which a resumed run has too, identically on every rank)."""
-        patience, metric = self.early_stop
-        if not patience or not self.history:
-            return False
-        values = [h.get(metric) for h in self.history]
-        if values[-1] is None:
-            raise ValueError(f"trainer.early_stop_metric: {metric!r} is not among the epoch's metrics "
-                             f"({', '.join(self.history[-1])})")
-        best = values.index((min if "loss" in metric else max)(values))  # the first epoch that reached it
-        if len(values) - 1 - best < patience:
-            return False
-        log.info("early stop after epoch %d: %s has not improved on epoch %d's %.4f for %d epochs",
-                 self.epoch, metric, best + 1, values[best], patience)
-        return True
+        """Whether early stopping ends training now (:func:`~imgexp.train.stopping.early_stop`)."""
+        return early_stop(self.history, *self.early_stop)

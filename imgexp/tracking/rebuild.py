@@ -1,4 +1,4 @@
-"""A finished run rebuilt from MLflow: its logged model, its resolved config, and data (its own, or another
+"""Tracking, middle layer (uses logged_model.py): a finished run rebuilt from MLflow: its logged model, its resolved config, and data (its own, or another
 data set) prepared as the model was trained: at the model's size and channels, in batches of float 0..255
 that :meth:`~imgexp.classifier.Classifier.normalize` makes model-ready. What ``imgexp.evaluate`` tests and a
 sweep's end analyses."""
@@ -15,6 +15,7 @@ from imgexp import data as data_lib
 from imgexp.classifier import Classifier, Spec
 from imgexp.config import ConfigError
 from imgexp.redact import mask
+from imgexp.tracking.logged_model import model_folder
 
 
 @dataclass
@@ -53,7 +54,6 @@ def rebuild(client, uri: str, reference: str, device: torch.device, data_node: O
     and ``data_node``'s data (None: the run's own), in batches of ``batch`` (None: the run's); errors name
     config key ``key``."""
     from imgexp.data.schema import AugmentationConfig, NormalizationConfig
-    from imgexp.tracking.logged_model import model_folder
 
     with tempfile.TemporaryDirectory() as tmp:
         classifier = Classifier(model_folder(reference, uri, tmp, key), device)
