@@ -56,9 +56,10 @@ def test_cli_run_logs_everything(workdir):
     epochs = [line for line in log if "imgexp.train.trainer" in line]
     assert len(epochs) == 2 and all(re.search(r"epoch \d/2: train loss [\d.]+ acc [\d.]+ \| val loss [\d.]+ acc "
                                               r"[\d.]+ \| lr 0.001 \| [\d.]+ s, \d+ images/s$", e) for e in epochs)
-    assert any(re.search(r"imgexp.run\]\[INFO\] - analysis \(default\) of the best model on \d+ test images", line)
+    assert any(re.search(r"imgexp.analysis.report\]\[INFO\] - analysis \(default\) of the best model on \d+ test images",
+                         line)
                for line in log)
-    assert any(re.search(r"imgexp.run\]\[INFO\] - analysis done in [\d.]+ s$", line) for line in log)
+    assert any(re.search(r"imgexp.analysis.report\]\[INFO\] - analysis done in [\d.]+ s$", line) for line in log)
     outputs = next(workdir.glob("outputs/*/*"))
     assert log[-1].endswith(f"results: output directory {outputs}; MLflow run {r.info.run_id}; see it with: mlflow "
                             f"ui --backend-store-uri sqlite:///{workdir / 'mlflow.db'} and open http://127.0.0.1:5000/"
