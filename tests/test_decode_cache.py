@@ -22,6 +22,7 @@ from PIL import Image
 
 import imgexp.data.cache
 import imgexp.data.decode
+import imgexp.data.sources
 from imgexp.data import StreamLoader, TensorLoader, build
 from imgexp.data.augment import build_augment, center_crop
 from imgexp.data.schema import AugmentationConfig
@@ -165,6 +166,21 @@ BUILD = textwrap.dedent("""
     cached = cached_images(files, (256, 256), 3, 0, sys.argv[2])
     print("rows", len(cached.y), int(cached.x.float().mean()))
 """)
+
+
+def decode_in_a_job(folder: str) -> int:
+    """What a job of joblib's launcher does with an image folder: decode it with worker processes."""
+    files = imgexp.data.sources.Files(sorted(str(p) for p in Path(folder).rglob("*.jpg")), torch.zeros(60).long())
+    return len(imgexp.data.decode.decode_files(files, (16, 16), 3, num_workers=2)[0].y)
+
+
+@pytest.mark.slow
+def test_decoding_workers_start_inside_a_joblib_launchers_job(folder):
+    """hydra/launcher=parallel runs jobs in loky's processes, whose start method a DataLoader cannot use: its
+    workers are started the platform's own way (before the fix: "'Process' object has no attribute 'env'")."""
+    from joblib import Parallel, delayed
+
+    assert Parallel(n_jobs=2, backend="loky")(delayed(decode_in_a_job)(str(folder)) for _ in range(2)) == [60, 60]
 
 
 @pytest.mark.slow

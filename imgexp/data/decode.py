@@ -3,6 +3,8 @@ Unreadable files are skipped and counted."""
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import sys
 from collections import Counter
 from typing import Optional
 
@@ -103,7 +105,15 @@ def file_loader(files: Files, size, channels, batch: int, num_workers: int, batc
         FileDataset(files, size, channels), **order, num_workers=num_workers,
         collate_fn=collate_readable, persistent_workers=num_workers > 0, pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(0),  # workers' base seeds: keep the global generator untouched
+        multiprocessing_context=worker_start() if num_workers > 0 else None,
     )
+
+
+def worker_start() -> multiprocessing.context.BaseContext:
+    """How decoding workers start: the platform's own way (fork on Linux, spawn elsewhere), named, because the
+    process-wide default may be another's: in a job of joblib's launcher (``hydra/launcher=parallel``) it is
+    loky's, whose processes a DataLoader cannot start ("'Process' object has no attribute 'env'")."""
+    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
 
 
 def decode_files(files: Files, size: tuple[int, int], channels: int, num_workers: int) -> tuple[Images, int, int]:
