@@ -102,7 +102,8 @@ def test_fill_modes_and_overrides(compose_cfg):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_cuda_matches_cpu():
+def test_cuda_matches_cpu(monkeypatch):
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)  # as a training run has it (trainer.tf32)
     cfg = aug_cfg(rotation=40, shear=5, zoom=0.2, translate=0.1, hflip=True, vflip=True, crop_padding=4)
     x = batch(n=128, h=32, w=32)
     on_gpu = build_augment(cfg, 0, torch.device("cuda"))(x.cuda())
