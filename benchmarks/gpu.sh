@@ -5,7 +5,8 @@
 # channels_last + compile), data on the GPU (target: <= 15 s of training at test/acc >= 0.86);
 # 3. fp32 vs bf16 + channels_last vs trainer=fast, and the bare loop, side by side, 5 epochs;
 # 4. GPU slots: 4 report-D jobs of a parallel sweep, one at a time on the GPU (jobs_per_gpu=1) vs all four on
-# it (jobs_per_gpu=4): the sweep's total images/s; 5. with 2+ GPUs, one run on 1 GPU vs trainer.devices=auto;
+# it (jobs_per_gpu=4): the sweep's total images/s; 5. with 2+ GPUs, one run on 1 GPU vs trainer.devices=auto, and
+# one run over two "nodes" (trainer.nodes=2 on the loopback, a GPU each);
 # 6. the decode-once cache at 224 px: torchvision's pipeline vs imgexp's first pass and later epochs (batches on
 # the GPU), and one ResNet-50 bf16 + channels_last epoch fed from the cache (training images/s).
 # The log goes to stdout and to $OUT/gpu.log when OUT is set (the device tool's output folder).
@@ -45,6 +46,19 @@ print(f'$1: {n:.0f} training images in {t:.1f} s: {n / t:.0f} images/s')" "$IMAG
     done
   else
     echo "one GPU: trainer.devices=auto is one rank here; the multi-GPU comparison needs 2 or more"
+  fi
+  if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then  # two "nodes" on this machine, a GPU each, meeting on the loopback
+    port=$((29400 + RANDOM % 1000)); mkdir -p /tmp/node0 /tmp/node1
+    for k in 0 1; do
+      (cd /tmp/node$k && CUDA_VISIBLE_DEVICES=$k python -m imgexp trainer.nodes=2 trainer.rendezvous=127.0.0.1:$port \
+        model=small_cnn data=cifar10 data.root="$(realpath "$ROOT")" data.subset=45000 epochs=5 batch=512 trainer=fast \
+        tracking.uri=sqlite:////tmp/nodes.db tracking.experiment=two-nodes progress=false > "${OUT:-/tmp}/node$k.log" 2>&1; \
+        echo "node $k: exit $?") &
+    done
+    wait
+    grep -h "test/acc\|images/s" "${OUT:-/tmp}"/node0.log | tail -3
+  else
+    echo "one GPU: the two-node check (trainer.nodes=2, a GPU per node) needs 2 or more"
   fi
   python benchmarks/decode_cache.py --images 11000 --workers 8 --device cuda
 } 2>&1 | tee "${OUT:-/tmp}/gpu.log"

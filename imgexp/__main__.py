@@ -8,7 +8,11 @@ from __future__ import annotations
 import os
 import sys
 
-import hydra
+os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")  # torch's C++ log lines (c10d's socket retries, with their
+# backtraces) go to stderr past Python's logging; the errors behind them reach Python and end in imgexp's one line.
+# Read once, as torch loads: TORCH_CPP_LOG_LEVEL=WARNING shows them
+
+import hydra  # noqa: E402
 from hydra.types import RunMode
 from omegaconf import DictConfig
 

@@ -11,12 +11,12 @@ import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from imgexp import launch
+from imgexp import elastic, launch
 from imgexp.analysis.sample import analysis_sample
 from imgexp.build import Job, build
 from imgexp.checkpoint import load, temp_files
@@ -29,6 +29,7 @@ from imgexp.start import Start, returned, run_name_of, staged_dir, starting_poin
 from imgexp.sweep_overrides import asked
 from imgexp.tracking import resume
 from imgexp.tracking.store import CHECKPOINT_DIR_TAG
+from imgexp.tracking.system_metrics import system_metrics
 from imgexp.tracking.tracker import Tracker, start_run
 from imgexp.tracking.trial import join_trial
 from imgexp.train import TrainingInterrupted
@@ -70,10 +71,11 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: Sequence[str] = ()) 
             return run_rank(cfg, output_dir, overrides, ranks, device)
         finally:
             ranks.leave()
-    claimed = world if cfg.device in ("auto", "cuda") else 0  # device=cuda:N pins; cpu and mps claim nothing
+    local = launch.ranks_asked(cfg)  # this node's
+    claimed = local if cfg.device in ("auto", "cuda") else 0  # device=cuda:N pins; cpu and mps claim nothing
     with claim_gpus(claimed, cfg.jobs_per_gpu) as gpus:
         if world > 1:
-            return launch.launch_ranks(run_rank, cfg, output_dir, overrides, world, gpus)
+            return elastic.launch_ranks(run_rank, cfg, output_dir, overrides, local, gpus)
         device = resolve_device(f"cuda:{gpus[0]}" if gpus and torch.cuda.is_available() else cfg.device)
         return run_rank(cfg, output_dir, overrides, Ranks(), device, gpus)
 
@@ -84,7 +86,9 @@ def tracking(cfg: DictConfig, start: Start, output_dir: Path, ranks: Ranks) -> I
     run id, with a resumed run's checkpoints moved in; the other ranks get a tracker that records nothing,
     and the same folder."""
     if not ranks.main:
-        yield Tracker(), Path(ranks.share(None))
+        folder, run_id, uri, resumed = ranks.share(None)
+        with machine_metrics(cfg, ranks, uri, run_id, resumed):
+            yield Tracker(), Path(folder)
         return
     resumed = start.resumed
     with start_run(cfg.tracking.enabled, cfg.tracking.uri, cfg.tracking.experiment, run_name_of(cfg),
@@ -101,8 +105,17 @@ def tracking(cfg: DictConfig, start: Start, output_dir: Path, ranks: Ranks) -> I
             staged.rmdir()
         tracker.set_tags({CHECKPOINT_DIR_TAG: str(checkpoint_dir)})
         resume.discard_origin(resumed and resumed.point, checkpoint_dir)
-        ranks.share(str(checkpoint_dir))
-        yield tracker, checkpoint_dir
+        uri = getattr(tracker, "uri", None)  # (none: tracking=none)
+        ranks.share((str(checkpoint_dir), tracker.run_id, uri, resumed is not None))
+        with machine_metrics(cfg, ranks, uri, tracker.run_id, resumed is not None):
+            yield tracker, checkpoint_dir
+
+
+def machine_metrics(cfg: DictConfig, ranks: Ranks, uri: Optional[str], run_id: Optional[str], resumed: bool):
+    """This machine's system metrics into the run (:mod:`imgexp.tracking.system_metrics`), from its first rank;
+    under its node id in a run over several nodes."""
+    node = f"node{os.environ.get('GROUP_RANK', '0')}" if cfg.trainer.nodes > 1 else None
+    return system_metrics(cfg.tracking.system_metrics and ranks.local_rank == 0, uri, run_id, node, resumed)
 
 
 def run_rank(cfg: DictConfig, output_dir: Path, overrides: Sequence[str], ranks: Ranks, device: torch.device,
@@ -120,8 +133,11 @@ def run_rank(cfg: DictConfig, output_dir: Path, overrides: Sequence[str], ranks:
             tracker.set_tags({"imgexp.gpus": ",".join(map(str, gpus))})
         job = build(cfg, checkpoint_dir, device, ranks)
         tracker.log_datasets(job.data.records)
-        if shared["resumed"]:
-            state = start.resumed.state if start else load(checkpoint_dir / "last.pt")
+        if shared["resumed"]:  # over several nodes, the other ranks cannot read rank 0's disk: it sends the state
+            state = start.resumed.state if start else \
+                ranks.share(None) if cfg.trainer.nodes > 1 else load(checkpoint_dir / "last.pt")
+            if ranks.main and cfg.trainer.nodes > 1:
+                ranks.share(state)
             job.trainer.load_state_dict(state)
             log.info("resuming %s after epoch %d of %d%s", start.resumed.point.source if start else checkpoint_dir,
                      job.trainer.epoch, cfg.epochs,
@@ -132,8 +148,9 @@ def run_rank(cfg: DictConfig, output_dir: Path, overrides: Sequence[str], ranks:
         final = report(cfg, job, tracker, result, sample) if ranks.main else {**result.history[-1], **result.test}
     if ranks.main and tracker.stored(checkpoint_dir):  # the checkpoints are in MLflow: not kept twice on this disk
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    if ranks.main:
+    if ranks.main or (ranks.local_rank == 0 and cfg.trainer.nodes > 1):  # each node's console ends with it
         log.info("%s", summary(result, cfg.epochs))
+    if ranks.main:
         log.info("results: output directory %s; %s", output_dir, tracker.where())
     return returned(cfg, final)
 

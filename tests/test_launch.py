@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
 
@@ -12,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from imgexp import launch
+from imgexp import elastic, launch
 
 
 def collectives(cfg, output_dir, overrides, ranks, device, gpus):
@@ -45,7 +44,7 @@ def test_two_ranks_return_rank_0s_result_and_log_as_the_job_does(tmp_path, resto
     logging.getLogger().addHandler(handler)
     try:
         cfg = OmegaConf.create({"device": "cpu", "optimizer": {"lr": 0.25}})
-        result = launch.launch_ranks(collectives, cfg, tmp_path, ["optimizer.lr=0.25"], 2, [])
+        result = elastic.launch_ranks(collectives, cfg, tmp_path, ["optimizer.lr=0.25"], 2, [])
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
@@ -58,19 +57,19 @@ def test_two_ranks_return_rank_0s_result_and_log_as_the_job_does(tmp_path, resto
 
 
 def test_rank_0s_error_is_the_jobs_one_line(tmp_path, restored_logging):
-    with pytest.raises(launch.RankFailed) as err:
-        launch.launch_ranks(fails_on_rank_0, OmegaConf.create({"device": "cpu"}), tmp_path, [], 2, [])
+    with pytest.raises(elastic.RankFailed) as err:
+        elastic.launch_ranks(fails_on_rank_0, OmegaConf.create({"device": "cpu"}), tmp_path, [], 2, [])
     assert str(err.value) == "rank 0 gave up"
 
 
 @pytest.mark.parametrize("err,outcome", [
     (ValueError("bad value"), {"kind": "error", "message": "bad value", "exit_code": 130}),
     (KeyboardInterrupt(), {"kind": "stopped", "message": "KeyboardInterrupt", "exit_code": 130}),
-    (launch.RanksStopped("stopped by SIGTERM", 143), {"kind": "stopped", "message": "stopped by SIGTERM",
+    (elastic.RanksStopped("stopped by SIGTERM", 143), {"kind": "stopped", "message": "stopped by SIGTERM",
                                                       "exit_code": 143}),
 ])
 def test_what_rank_0_tells_the_launcher(err, outcome):
-    assert launch.outcome_of(err) == outcome
+    assert elastic.outcome_of(err) == outcome
 
 
 def test_a_pruned_or_interrupted_rank_0_says_so():
@@ -78,8 +77,8 @@ def test_a_pruned_or_interrupted_rank_0_says_so():
 
     pruned = ValueError("pruned at epoch 2")
     pruned.run_status = "pruned"
-    assert launch.outcome_of(pruned)["kind"] == "pruned"
-    assert launch.outcome_of(RankLost("Connection closed by peer"))["kind"] == "stopped"
+    assert elastic.outcome_of(pruned)["kind"] == "pruned"
+    assert elastic.outcome_of(RankLost("Connection closed by peer"))["kind"] == "stopped"
 
 
 def failure(rank, timestamp, message=None, exitcode=1, signal_name="SIGKILL"):
@@ -98,7 +97,7 @@ def failure(rank, timestamp, message=None, exitcode=1, signal_name="SIGKILL"):
 ])
 def test_the_first_rank_to_fail_of_its_own_accord_is_named(failures, first):
     err = SimpleNamespace(failures={i: f for i, f in enumerate(failures)})
-    assert launch.first_failure(err) == first
+    assert elastic.first_failure(err) == first
 
 
 def test_a_slurm_tasks_environment_becomes_torch_distributeds(tmp_path, restored_logging):

@@ -18,7 +18,8 @@ LAYERS = [
     ("parts", ["imgexp/data/", "imgexp/models/", "imgexp/losses/", "imgexp/train/", "imgexp/analysis/",
                "imgexp/classifier.py"]),
     ("tracking", ["imgexp/tracking/"]),
-    ("job", ["imgexp/build.py", "imgexp/start.py", "imgexp/report.py", "imgexp/run.py", "imgexp/launch.py"]),
+    ("job", ["imgexp/build.py", "imgexp/start.py", "imgexp/report.py", "imgexp/run.py", "imgexp/launch.py",
+             "imgexp/elastic.py"]),
     ("stages", ["imgexp/predict.py", "imgexp/evaluate.py", "imgexp/compare/", "hydra_plugins/", "imgexp/register.py"]),
     ("entry", ["imgexp/__main__.py"]),
 ]
@@ -27,7 +28,8 @@ TRACKING = [
     ("bottom", ["imgexp/tracking/store.py", "imgexp/tracking/schema.py"]),
     ("middle", ["imgexp/tracking/spool.py", "imgexp/tracking/liveness.py", "imgexp/tracking/logged_model.py",
                 "imgexp/tracking/rebuild.py", "imgexp/tracking/resume.py", "imgexp/tracking/reuse.py",
-                "imgexp/tracking/trial.py", "imgexp/tracking/pruning.py", "imgexp/tracking/study_plots.py"]),
+                "imgexp/tracking/trial.py", "imgexp/tracking/pruning.py", "imgexp/tracking/study_plots.py",
+                "imgexp/tracking/study_storage.py", "imgexp/tracking/system_metrics.py"]),
     ("top", ["imgexp/tracking/tracker.py", "imgexp/tracking/sweep.py", "imgexp/tracking/__init__.py"]),
 ]
 PACKAGES = ("imgexp", "hydra_plugins")

@@ -28,7 +28,9 @@ def wait_for_text(browser: Chromium, *texts: str, timeout: float = 60) -> str:
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium package (/usr/bin/chromium)")
-def test_the_link_a_run_ends_with_opens_it_in_the_mlflow_ui(workdir, compose_cfg, caplog, tmp_path):
+def test_the_link_a_run_ends_with_opens_it_in_the_mlflow_ui(workdir, compose_cfg, caplog, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")  # a point every half second: this run is
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")  # shorter than the default minute
     server = Server(workdir)
     server.start()
     try:
@@ -56,6 +58,11 @@ def test_the_link_a_run_ends_with_opens_it_in_the_mlflow_ui(workdir, compose_cfg
             page = wait_for_text(browser, "Run Name", "small_cnn-digits", "1 matching run")
             assert "No data available" not in page
             browser.screenshot(tmp_path / "experiment.png")
+            run_id = run_page.split("/runs/")[1].split("?")[0]
+            assert "system/cpu_utilization_percentage" in MlflowClient(server.uri).get_run(run_id).data.metrics
+            browser.open("about:blank")
+            browser.open(f"{run_page.split('?')[0]}/system-metrics?{run_page.split('?')[1]}")
+            wait_for_text(browser, "cpu_utilization_percentage", "system_memory_usage_megabytes")
         finally:
             browser.close()
         assert (tmp_path / "experiment.png").stat().st_size > 10_000

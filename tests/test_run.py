@@ -50,6 +50,7 @@ def test_cli_run_logs_everything(workdir):
     assert r.data.tags["mlflow.runName"] == "small_cnn-digits"
     assert len(client.get_metric_history(r.info.run_id, "train/lr")) == 1, "a constant learning rate: logged once"
     assert [m.step for m in client.get_metric_history(r.info.run_id, "time/epoch_s")] == [1, 2]
+    assert not [k for k in r.data.metrics if k.startswith("system/")], "a run shorter than a minute: no system point"
 
     # a log for a file, not a terminal: one line per epoch, then where everything went
     log = proc.stdout.splitlines()
@@ -120,6 +121,24 @@ def test_same_seed_same_metrics(compose_cfg, tmp_path):
     assert r1.history == r2.history and r1.test == r2.test
     assert torch.equal(r1.test_logits, r2.test_logits)
     assert r3.history != r1.history, "a different seed trains differently"
+
+
+def test_system_metrics_go_to_the_run_unless_turned_off(compose_cfg, workdir, monkeypatch):
+    """MLflow's system metrics of the machine, in the run; with the default sampling (a point a minute) a run this
+    short logs none (test_cli_run_logs_everything), so here a point every half second."""
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
+    for on in (True, False):
+        cfg = compose_cfg(f"tracking.system_metrics={on}", f"tracking.experiment=sys-{on}", "epochs=2",
+                          "data.subset=200", "analysis=none", "progress=false")
+        run(cfg, workdir / f"out-{on}")
+        _, (r,) = runs_of(workdir, f"sys-{on}")
+        system = {k for k in r.data.metrics if k.startswith("system/")}
+        if on:
+            assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes",
+                    "system/disk_usage_megabytes", "system/network_receive_megabytes"} <= system, system
+        else:
+            assert not system
 
 
 @pytest.mark.parametrize("sweep_job", [False, True])

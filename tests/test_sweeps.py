@@ -191,7 +191,7 @@ def test_what_a_finished_job_tells_its_trial(status, value, state, values, error
         assert failure(ret, got_error) == {"job": None, "overrides": ["optimizer.lr=0.1"], "error": error}
 
 
-def study_of(workdir: Path, name: str, storage: str | None = None) -> optuna.Study:
+def study_of(workdir: Path, name: str, storage=None) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=storage or f"sqlite:///{workdir}/optuna/{name}.db")
 
 
@@ -373,6 +373,52 @@ def assert_shared_study(workdir: Path, study: optuna.Study, experiment: str, n: 
 def test_two_workers_share_one_sqlite_study(workdir):
     run_two_workers(workdir, optuna_command("shared", 5, "shared"))
     assert_shared_study(workdir, study_of(workdir, "shared"), "shared", 5)
+
+
+def journal_storage(path: Path) -> optuna.storages.JournalStorage:
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
+@pytest.mark.slow
+def test_three_workers_share_one_journal_file_and_a_killed_workers_trial_runs_again(workdir):
+    """A study in Optuna's journal file on a shared folder, no database: three workers run a 9-point grid, one is
+    killed (kill -9) mid-trial, another worker joins; every point ends COMPLETE once, the killed trial re-run with
+    its parameters."""
+    journal = workdir / "shared" / "study.log"
+    cmd = [sys.executable, "-m", "imgexp", "-m", *OPTUNA, "hydra.sweeper.study_name=journal", "hydra.sweeper.n_trials=9",
+           "hydra.sweeper.sampler=grid", f"hydra.sweeper.storage=journal://{journal}", "seed=choice(0,1,2,3,4,5,6,7,8)",
+           "epochs=1", *FAST, "tracking.experiment=journal"]
+    workers = [subprocess.Popen(cmd, cwd=workdir, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True) for _ in range(3)]
+    deadline = time.time() + 240
+    while time.time() < deadline:  # until a trial has finished and the first worker runs one
+        time.sleep(0.2)
+        try:
+            trials = study_of(workdir, "journal", journal_storage(journal)).trials if journal.exists() else []
+        except KeyError:  # no study yet
+            continue
+        if any(t.state == TrialState.COMPLETE for t in trials) and workers[0].poll() is None and \
+                any(t.state == TrialState.RUNNING for t in trials):
+            break
+    workers[0].send_signal(signal.SIGKILL)
+    workers[0].wait()
+    workers.append(subprocess.Popen(cmd, cwd=workdir, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                    text=True))
+    for w in workers[1:]:
+        _, err = w.communicate(timeout=300)
+        assert w.returncode == 0, err[-2000:]
+    study = study_of(workdir, "journal", journal_storage(journal))
+    assert sorted(t.params["seed"] for t in counted(study)) == list(range(9))
+    assert all(t.state == TrialState.COMPLETE for t in counted(study))
+    lost = [t for t in study.trials if t not in counted(study)]
+    assert lost, "the killed worker's trial is in the study, FAIL without an error"
+    for t in lost:
+        (retry,) = [r for r in study.trials if r.user_attrs.get("imgexp.retry_of") == t.number]
+        assert retry.params == t.params
+    (parent,), children = sweep_runs(workdir, "journal")
+    finished = [r for r in children if r.info.status == "FINISHED"]
+    assert sorted(int(r.data.tags["imgexp.trial"]) for r in finished) == sorted(t.number for t in counted(study))
+    assert parent.data.tags["imgexp.storage"] == f"journal://{journal}"
 
 
 @pytest.fixture(scope="module")

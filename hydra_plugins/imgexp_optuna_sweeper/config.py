@@ -15,7 +15,8 @@ class OptunaSweeperConf:
     seed: Optional[int] = None  # the sampler's seed
     direction: Any = "maximize"  # minimize | maximize, or a list of them (one per optimized_metric)
     study_name: Optional[str] = None  # None: imgexp-<hash of the search space and fixed overrides>
-    storage: Optional[str] = None  # any SQLAlchemy URL; None: sqlite:///<cwd>/optuna/<study_name>.db
+    storage: Optional[str] = None  # any SQLAlchemy URL, or journal:///<shared path>.log (a journal file);
+    # None: sqlite:///<cwd>/optuna/<study_name>.db
     n_trials: int = 20  # in the study as a whole: a rerun or another worker continues up to this
     n_jobs: int = 1  # trials in flight at once in this process (needs a process-based launcher)
     max_failure_rate: float = 1.0  # stop claiming trials once failed / finished exceeds this

@@ -36,6 +36,7 @@ from imgexp.config import as_list
 from imgexp.sweep_overrides import check_composes, hide_internal_overrides, light_analysis
 from imgexp.tracking.pruning import PRUNERS, build_pruner
 from imgexp.tracking.store import ERROR_TAG, check_database
+from imgexp.tracking.study_storage import absolute, open_storage
 from imgexp.tracking.trial import PRUNER_ATTR
 
 log = logging.getLogger(__name__)
@@ -126,20 +127,14 @@ class StudySweeper(Sweeper):
         check_composes(self.hydra_context, self.config, fixed + [c[0] for c in choices.values()],
                        [c for values in choices.values() for c in values])
         name = c.study_name or "imgexp-" + hashlib.sha1("\n".join(sorted(params)).encode()).hexdigest()[:8]
-        url = c.storage or f"sqlite:///{Path.cwd() / 'optuna' / name}.db"
-        if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-            url = f"sqlite:///{Path(url[len('sqlite:///'):]).resolve()}"  # jobs may run elsewhere
-        if url.startswith("sqlite:///"):
-            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        url = absolute(c.storage or f"sqlite:///{Path.cwd() / 'optuna' / name}.db")  # jobs may run elsewhere
         n_trials = c.n_trials
         if c.sampler == "grid":
             n_trials = min(n_trials, math.prod(len(v) for v in grid(space).values()))
         check_database(url, "hydra.sweeper.storage")  # an unreachable database: one line within seconds
         lock = StudyLock(url, name)
         with lock.held():  # workers starting together: one creates the tables, the study and the parent run
-            storage = optuna.storages.RDBStorage(
-                url, heartbeat_interval=c.heartbeat_interval, grace_period=2 * c.heartbeat_interval,
-                engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None)
+            storage = open_storage(url, c.heartbeat_interval)
             study = optuna.create_study(study_name=name, storage=storage, sampler=self._sampler(space),
                                         pruner=build_pruner(self._pruner_spec()), directions=directions,
                                         load_if_exists=True)

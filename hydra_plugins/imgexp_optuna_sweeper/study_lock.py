@@ -1,5 +1,6 @@
 """A lock that serializes claiming trials across processes and machines sharing one study, so workers
-together start exactly ``n_trials``: a file lock beside a SQLite file, an advisory lock in PostgreSQL."""
+together start exactly ``n_trials``: a file lock beside a SQLite file or a journal file, an advisory lock in
+PostgreSQL."""
 from __future__ import annotations
 
 import logging
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Iterator
 
 from imgexp.locks import file_lock
+from imgexp.tracking.study_storage import journal_path
 
 log = logging.getLogger(__name__)
 
@@ -19,9 +21,13 @@ class StudyLock:
         from sqlalchemy.engine import make_url
         from sqlalchemy.pool import NullPool
 
+        self.key = zlib.crc32(study_name.encode())
+        if journal_path(url) is not None:
+            self.backend, self.path = "journal", Path(f"{journal_path(url)}.claims.lock")  # (<file>.lock: the
+            # journal backend's own lock)
+            return
         parsed = make_url(url)
         self.backend = parsed.get_backend_name()
-        self.key = zlib.crc32(study_name.encode())
         if self.backend == "sqlite":
             self.path = Path(f"{parsed.database}.lock")
         elif self.backend == "postgresql":
@@ -32,7 +38,7 @@ class StudyLock:
 
     @contextmanager
     def held(self) -> Iterator[None]:
-        if self.backend == "sqlite":
+        if self.backend in ("sqlite", "journal"):
             with file_lock(self.path):
                 yield
         elif self.backend == "postgresql":

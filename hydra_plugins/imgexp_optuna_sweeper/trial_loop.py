@@ -25,6 +25,7 @@ from hydra_plugins.imgexp_optuna_sweeper.study_lock import StudyLock
 from imgexp.errors import describe
 from imgexp.sweep_overrides import job_name
 from imgexp.tracking.store import ERROR_TAG
+from imgexp.tracking.study_storage import fail_stale_trials, record_heartbeat
 from imgexp.tracking.sweep import ParentRun, failure, job_error
 from imgexp.tracking.trial import CHECKPOINT_ATTR
 
@@ -78,7 +79,7 @@ class TrialLoop:
     def claim(self) -> Optional[optuna.Trial]:
         """Next trial of the study: a retry of an interrupted one first; None once n_trials are taken."""
         with self.lock.held():
-            optuna.storages.fail_stale_trials(self.study)
+            fail_stale_trials(self.study, self.storage, 2 * self.sweeper.cfg.heartbeat_interval)
             for t in self.study.get_trials(deepcopy=False):
                 if given_up(t) and t.number not in self.given_up:
                     self.given_up.add(t.number)
@@ -97,7 +98,7 @@ class TrialLoop:
             trial = self.study.ask(self.space)
             if self.extend is not None:  # its suggest_* calls add parameters (a retry's come enqueued)
                 self.extend(self.sweeper.config, trial)
-            self.storage.record_heartbeat(trial._trial_id)
+            record_heartbeat(self.storage, trial._trial_id)
             return trial
 
     def launch(self, trial: optuna.Trial) -> JobReturn:
@@ -116,6 +117,10 @@ class TrialLoop:
         if state == TrialState.COMPLETE and len(values) != len(self.study.directions):
             state, error = TrialState.FAIL, ValueError(f"the job returned {len(values)} values for "
                                                        f"{len(self.study.directions)} directions")
+        if self.storage.get_trial(trial._trial_id).state != TrialState.RUNNING:  # taken for lost meanwhile
+            log.warning("trial %d was taken for lost (silent for 2 x heartbeat_interval) while it ran: its result is "
+                        "dropped, and its retry counts", trial.number)
+            return
         if state == TrialState.COMPLETE:
             self.study.tell(trial, values)
             self.done["complete"] += 1
@@ -134,7 +139,7 @@ class TrialLoop:
         interval = self.sweeper.cfg.heartbeat_interval
         while not self.beat.wait(interval):
             for trial in list(self.in_flight.values()):
-                self.storage.record_heartbeat(trial._trial_id)
+                record_heartbeat(self.storage, trial._trial_id)
 
     def too_many_failures(self) -> bool:
         finished = sum(self.done.values())
@@ -173,7 +178,7 @@ class TrialLoop:
 
     def others_running(self) -> bool:
         """Trials other workers still run (or that will turn out stale and be retried)."""
-        optuna.storages.fail_stale_trials(self.study)
+        fail_stale_trials(self.study, self.storage, 2 * self.sweeper.cfg.heartbeat_interval)
         trials = self.study.get_trials(deepcopy=False)
         return any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials) or bool(not_yet_retried(trials))
 

@@ -22,6 +22,7 @@ class TrackingConfig:
     # logged every epoch while it trains, to resume from; pruned runs and a sweep's failed jobs keep none)
     register: Optional[str] = None  # register that model under this name (a sweep: its best job's model)
     offline_wait_s: float = 600  # a server down at the run's end: wait this long, then keep the rest on disk
+    system_metrics: bool = True  # CPU, memory, disk, network (GPU) of each machine, a point a minute
 
     def __post_init__(self) -> None:
         require_choice(self.checkpoints, CHECKPOINTS, "checkpoints")

@@ -1,4 +1,4 @@
-"""Tracking, middle layer (uses pruning.py): a job's link to its Optuna trial: report the optimized metric after each epoch, and stop the job
+"""Tracking, middle layer (uses pruning.py and study_storage.py): a job's link to its Optuna trial: report the optimized metric after each epoch, and stop the job
 when the study's pruner says so. The sweeper stores the pruner's settings in the study, so a job in
 any process (or on any SLURM node) rebuilds the same pruner from the storage alone."""
 from __future__ import annotations
@@ -21,8 +21,9 @@ def join_trial(trial: DictConfig, metric: str, checkpoint_dir: Path):
     import optuna  # only in an Optuna sweep
 
     from imgexp.tracking.pruning import TrialPruned, build_pruner
+    from imgexp.tracking.study_storage import open_storage
 
-    study = optuna.load_study(study_name=trial.study, storage=trial.storage)
+    study = optuna.load_study(study_name=trial.study, storage=open_storage(trial.storage))
     live = optuna.trial.Trial(study, trial.id)
     live.set_user_attr(CHECKPOINT_ATTR, str(checkpoint_dir.resolve()))
     study.pruner = build_pruner(study.user_attrs.get(PRUNER_ATTR, {}))

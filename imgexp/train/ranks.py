@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Optional
 
 import torch
@@ -23,6 +24,7 @@ class RankLost(RuntimeError):
 
 
 PEER_ERRORS = ("Connection closed by peer", "Connection reset by peer", "NCCL", "gloo")
+COLLECTIVE_TIMEOUT_S = 300  # a collective waits this long for a rank gone silent (a node lost without a word)
 
 
 @dataclass
@@ -40,8 +42,9 @@ class Ranks:
     def join(cls, backend: str) -> "Ranks":
         """Join the process group torch.distributed's environment variables describe (RANK, WORLD_SIZE,
         MASTER_ADDR, ...): ``backend`` for tensors, and gloo for control messages."""
-        dist.init_process_group(backend)
-        control = dist.new_group(backend="gloo") if backend != "gloo" else dist.group.WORLD
+        timeout = timedelta(seconds=COLLECTIVE_TIMEOUT_S)
+        dist.init_process_group(backend, timeout=timeout)
+        control = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else dist.group.WORLD
         return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), control)
 
     def lost(self, err: BaseException) -> bool:

@@ -1,6 +1,7 @@
 """Config schema of the trainer group (conf/trainer/): how the training engine runs."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -24,7 +25,11 @@ class TrainerConfig:
     warmup_epochs: int = 0  # linear learning-rate warmup before the scheduler starts ...
     warmup_steps: int = 0  # ... in epochs or in optimizer steps (one of the two)
     deterministic: bool = False  # deterministic algorithms; otherwise cudnn.benchmark picks the fastest
-    devices: str = "1"  # ranks of one run (DDP): N, or auto (every GPU to claim); batch stays the global batch
+    devices: str = "1"  # ranks of one run (DDP) on each machine: N, or auto (every GPU to claim); batch stays the
+    # global batch
+    nodes: int = 1  # machines one run spans: start the same command on each, with the same trainer.rendezvous
+    rendezvous: Optional[str] = None  # HOST:PORT where the nodes meet (torchrun's --rdzv-endpoint, c10d), when nodes > 1
+    rendezvous_timeout_s: int = 300  # how long a node waits for the others to join (or to reach the rendezvous)
     sync_bn: Optional[bool] = None  # SyncBatchNorm across the ranks; null: on when devices > 1 on CUDA
     early_stop_patience: int = 0  # stop once early_stop_metric has not improved for this many epochs; 0 = off
     early_stop_metric: str = "val/acc"  # a train/ or val/ metric; lower is better for a loss
@@ -41,6 +46,10 @@ class TrainerConfig:
                 f"must be a train/ or val/ metric, got {self.early_stop_metric!r}")
         require(self.devices == "auto" or (self.devices.isdigit() and int(self.devices) >= 1), "devices",
                 f"must be a number >= 1 or auto, got {self.devices!r}")
+        require(self.nodes >= 1, "nodes", f"must be >= 1, got {self.nodes}")
+        require(self.nodes == 1 or re.fullmatch(r"[^\s:]+:\d+", self.rendezvous or "") is not None, "rendezvous",
+                f"HOST:PORT of the rendezvous, which trainer.nodes={self.nodes} needs, got {self.rendezvous!r}")
+        require(self.rendezvous_timeout_s >= 1, "rendezvous_timeout_s", "must be >= 1")
 
 
 SCHEMAS = {"trainer": {"base": TrainerConfig}}

@@ -1,16 +1,14 @@
-"""The training engine. A :class:`Trainer` owns one run's training state: model, optimizer, schedule, loss,
-gradient scaler, EMA, RNG and loader positions, epoch, best value and history. It checkpoints all of it
-atomically after every epoch (``last.pt``) and when asked to stop (:meth:`Trainer.request_stop`, which a
-signal handler calls), and :meth:`Trainer.load_state_dict` continues from such a checkpoint as if nothing
-had happened. It knows nothing of Hydra or MLflow: per-epoch metrics go to an ``on_epoch(epoch, metrics)``
-callback, which may raise to stop training (a sweeper's pruning, say).
+"""The training engine. A :class:`Trainer` owns one run's training state (model, optimizer, schedule, loss,
+gradient scaler, EMA, RNG and loader positions, epoch, best value, history), checkpoints it atomically after
+every epoch (``last.pt``) and when asked to stop (:meth:`Trainer.request_stop`), and continues from such a
+checkpoint as if nothing had happened. It knows nothing of Hydra or MLflow: per-epoch metrics go to an
+``on_epoch(epoch, metrics)`` callback, which may raise to stop training (a sweeper's pruning, say).
 
-Over several ranks (``ranks``, torch.distributed) the model trains wrapped in DistributedDataParallel, each
-rank on its part of every batch; the ranks agree after every step on whether to stop, metrics are totals
-over all ranks, evaluation gathers every rank's rows, and rank 0 alone writes checkpoints (with every
-rank's RNG and loader state) and runs ``on_epoch``, whose raising stops every rank.
-Optional hooks: the loss's ``start_epoch()`` / ``epoch_metrics()`` (the K-means center loss), the model's
-``auxiliary_loss(targets)`` (GoogLeNet's auxiliary heads).
+Over several ranks (``ranks``) the model trains in DistributedDataParallel, each rank on its part of every
+batch; the ranks agree after every step on whether to stop, metrics are totals over all ranks, evaluation
+gathers every rank's rows, and rank 0 alone writes checkpoints (with every rank's RNG and loader state) and
+runs ``on_epoch``, whose raising stops every rank. Optional hooks: the loss's ``start_epoch()`` /
+``epoch_metrics()`` (the K-means center loss), the model's ``auxiliary_loss(targets)`` (GoogLeNet's heads).
 """
 from __future__ import annotations
 
@@ -283,6 +281,8 @@ class Trainer:
             if self.ranks.any(self.stop_signal is not None):
                 self._stop(f"after epoch {epoch}/{self.epochs}")
 
+        if self.ranks.any(self.best_state is None and not self.best_path.exists()):  # rank 0's disk is elsewhere
+            self.best_state = self.ranks.share(load(self.best_path) if self.ranks.main else None)  # (nodes, resumed)
         best = self.best_state or load(self.best_path, map_location=self.device)
         self.model.load_state_dict(best)  # the caller's model ends with the best weights
         if self.ema is not None:
