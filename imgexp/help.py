@@ -60,11 +60,23 @@ def stage_help(config: str) -> bool:
     return True
 
 
+MACHINES = ("nodes", "rendezvous", "rendezvous_timeout_s", "devices")  # trainer keys of one run over several
+
+
+def schema_lines(folder: str, keys: tuple[str, ...], prefix: str) -> list[str]:
+    """The lines of ``imgexp/<folder>/schema.py`` that declare ``keys`` (type, default, comment), as ``prefix.key``
+    (read as text: importing the package would load torch)."""
+    lines = (files("imgexp") / folder / "schema.py").read_text().splitlines()
+    return [f"{prefix}.{line.strip()}" for line in lines if line.startswith(tuple(f"    {k}:" for k in keys))]
+
+
 def text() -> str:
     width = max(map(len, groups()))
     parts = [USAGE, "", "Config groups (group=option):"]
     parts += [f"  {g:<{width}}  {', '.join(o)}" for g, o in groups().items()]
     parts += ["", "Report templates (-m -cn <name>): " + ", ".join(options(files("imgexp.templates"))), "",
               "Top-level keys (key=value):", *(f"  {line}" for line in top_level_keys()), "",
+              "One run over several GPUs or machines (docs/gpus.md):",
+              *(f"  {line}" for line in schema_lines("train", MACHINES, "trainer")), "",
               "Any key of a group: model.dropout=0.3, optimizer.lr=3e-4, data.root=/data/cifar10, ..."]
     return "\n".join(parts)

@@ -58,6 +58,8 @@ def test_help_lists_what_users_choose_and_loads_no_torch(tmp_path):
         "hydra", "predict", "__pycache__")} | {"hydra/launcher", "hydra/sweeper"}  # predict: not a group
     assert groups["model"].startswith("alexnet, efficientnet_b0") and groups["hydra/sweeper"] == "grid, optuna"
     assert "report_d_ablation" in proc.stdout and "resume: null" in proc.stdout
+    assert "\n  trainer.nodes: int = 1  # machines one run spans" in proc.stdout
+    assert "\n  trainer.rendezvous: Optional[str] = None  # HOST:PORT where the nodes meet" in proc.stdout
     assert "schema/" not in proc.stdout and "trial" not in proc.stdout  # no internal groups or keys
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert not imported & {"torch", "optuna", "mlflow", "torchvision", "matplotlib"}

@@ -25,8 +25,7 @@ class TrainerConfig:
     warmup_epochs: int = 0  # linear learning-rate warmup before the scheduler starts ...
     warmup_steps: int = 0  # ... in epochs or in optimizer steps (one of the two)
     deterministic: bool = False  # deterministic algorithms; otherwise cudnn.benchmark picks the fastest
-    devices: str = "1"  # ranks of one run (DDP) on each machine: N, or auto (every GPU to claim); batch stays the
-    # global batch
+    devices: str = "1"  # ranks of one run (DDP) on each machine: N, or auto (every GPU to claim); batch: all ranks'
     nodes: int = 1  # machines one run spans: start the same command on each, with the same trainer.rendezvous
     rendezvous: Optional[str] = None  # HOST:PORT where the nodes meet (torchrun's --rdzv-endpoint, c10d), when nodes > 1
     rendezvous_timeout_s: int = 300  # how long a node waits for the others to join (or to reach the rendezvous)
