@@ -105,9 +105,8 @@ def tracking(cfg: DictConfig, start: Start, output_dir: Path, ranks: Ranks) -> I
             staged.rmdir()
         tracker.set_tags({CHECKPOINT_DIR_TAG: str(checkpoint_dir)})
         resume.discard_origin(resumed and resumed.point, checkpoint_dir)
-        uri = getattr(tracker, "uri", None)  # (none: tracking=none)
-        ranks.share((str(checkpoint_dir), tracker.run_id, uri, resumed is not None))
-        with machine_metrics(cfg, ranks, uri, tracker.run_id, resumed is not None):
+        ranks.share((str(checkpoint_dir), tracker.run_id, tracker.uri, resumed is not None))
+        with machine_metrics(cfg, ranks, tracker.uri, tracker.run_id, resumed is not None):
             yield tracker, checkpoint_dir
 
 
@@ -133,11 +132,11 @@ def run_rank(cfg: DictConfig, output_dir: Path, overrides: Sequence[str], ranks:
             tracker.set_tags({"imgexp.gpus": ",".join(map(str, gpus))})
         job = build(cfg, checkpoint_dir, device, ranks)
         tracker.log_datasets(job.data.records)
-        if shared["resumed"]:  # over several nodes, the other ranks cannot read rank 0's disk: it sends the state
-            state = start.resumed.state if start else \
-                ranks.share(None) if cfg.trainer.nodes > 1 else load(checkpoint_dir / "last.pt")
-            if ranks.main and cfg.trainer.nodes > 1:
-                ranks.share(state)
+        if shared["resumed"]:
+            if cfg.trainer.nodes > 1:  # the other nodes cannot read rank 0's disk: it sends the state
+                state = ranks.share(start.resumed.state if start else None)
+            else:
+                state = start.resumed.state if start else load(checkpoint_dir / "last.pt")
             job.trainer.load_state_dict(state)
             log.info("resuming %s after epoch %d of %d%s", start.resumed.point.source if start else checkpoint_dir,
                      job.trainer.epoch, cfg.epochs,

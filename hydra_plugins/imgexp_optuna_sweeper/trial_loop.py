@@ -55,7 +55,6 @@ def outcome(ret: JobReturn) -> tuple[TrialState, list[float], Optional[BaseExcep
     return TrialState.FAIL, [], ValueError(f"the job returned {values}, not finite numbers")
 
 
-
 class TrialLoop:
     """One process's share of a study: claim, launch, record, until the study has ``n_trials``."""
 

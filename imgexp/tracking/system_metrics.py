@@ -10,7 +10,6 @@ import logging
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
-log = logging.getLogger(__name__)
 SAMPLING_S = 10
 SAMPLES = 6  # one logged point a minute
 

@@ -31,6 +31,7 @@ class Tracker:
     """The tracker interface; this base records nothing (``tracking=none``)."""
 
     run_id: Optional[str] = None
+    uri: Optional[str] = None  # the tracking store's
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None: ...
 
