@@ -107,7 +107,7 @@ class Config:
 
 # Keys that cannot change what a run computes: left out of its config hash.
 UNHASHED_KEYS = ("tracking", "progress", "resume", "reuse", "trial", "jobs_per_gpu", "data.num_workers",
-                 "data.cache_dir", "data.cache_max_gb")
+                 "data.cache_dir", "data.cache_max_gb", "trainer.rendezvous", "trainer.rendezvous_timeout_s")
 
 
 def hashed_part(cfg: DictConfig | dict) -> dict:

@@ -37,6 +37,11 @@ class RankFailed(Exception):
     """The error that ended rank 0 (or, when rank 0 left none, the first rank to fail), as one line."""
 
 
+class RankEnded(Exception):
+    """A rank stopped (a signal, another rank's stop), as an Exception: torch's process wrapper takes a
+    KeyboardInterrupt for its own SIGINT and exits 0 with no result, and the launcher would wait forever."""
+
+
 class RanksStopped(KeyboardInterrupt):
     """The ranks stopped on a signal, rank 0 having saved the run's state (exit 128 + the signal)."""
 
@@ -46,11 +51,14 @@ class RanksStopped(KeyboardInterrupt):
 
 
 def outcome_of(err: BaseException) -> dict:
-    """What rank 0 tells the launcher of the error that ended it."""
+    """What rank 0 tells the launcher of the error that ended it (``lost``: another rank's death did)."""
+    from imgexp.train.ranks import RankLost
+
     status = getattr(err, "run_status", None)
     kind = "pruned" if status == "pruned" else "stopped" if isinstance(err, KeyboardInterrupt) or \
         status == "interrupted" else "error"
-    return {"kind": kind, "message": describe(err), "exit_code": getattr(err, "exit_code", 130)}
+    return {"kind": kind, "message": describe(err), "exit_code": getattr(err, "exit_code", 130),
+            "lost": isinstance(err, RankLost)}
 
 
 def die_with_parent() -> None:
@@ -92,6 +100,8 @@ def rank_main(job: Callable, config: dict, output_dir: str, overrides: list[str]
     if device.type == "cpu":  # the ranks share the cores
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["LOCAL_WORLD_SIZE"])))
     ranks = Ranks.join("nccl" if device.type == "cuda" else "gloo")
+    if local_rank == 0:  # the node's ranks started: a rendezvous lost from now on is a node lost
+        Path(outcome_file).write_text(json.dumps({"kind": "started"}))
     try:
         result = job(cfg, Path(output_dir), overrides, ranks, device, gpus)
         if local_rank == 0:
@@ -100,23 +110,28 @@ def rank_main(job: Callable, config: dict, output_dir: str, overrides: list[str]
     except BaseException as err:
         if local_rank == 0:
             Path(outcome_file).write_text(json.dumps(outcome_of(err)))
+        if isinstance(err, KeyboardInterrupt):
+            raise RankEnded(f"{type(err).__name__}: {describe(err)}") from err
         raise  # (a rank that returned would wait for the others' results until the launcher killed it)
     finally:
         ranks.leave()
+        for signum in (signal.SIGTERM, signal.SIGHUP):  # one more, while the process exits, ends it quietly
+            signal.signal(signum, signal.SIG_DFL)
 
 
-FOLLOWERS = ("StoppedByRankZero", "TrainingInterrupted", "RankLost", "Terminated")  # endings caused elsewhere
+FOLLOWERS = ("RankEnded", "StoppedByRankZero", "RankLost")  # endings caused elsewhere
+RESUMABLE = "the run stopped at its last checkpoint (resume=auto continues it)"
 
 
 def first_failure(err) -> str:
     """``rank N: what ended it`` for the rank that failed first of its own accord (not by stopping with the
     others, or for want of a rank that had died)."""
     described = []
-    for failure in sorted(err.failures.values(), key=lambda f: f.timestamp):
+    for rank, failure in sorted(err.failures.items(), key=lambda kv: kv[1].timestamp):
         recorded = failure.error_file_data.get("message")  # @record's: {"message": "Type: ...", "extraInfo": ...}
         what = (recorded.get("message", "") if isinstance(recorded, dict) else
                 f"killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exit code {failure.exitcode}")
-        described.append(f"rank {failure.local_rank}: {what}")
+        described.append(f"rank {rank}: {what}")
         if not what.startswith(FOLLOWERS):
             return described[-1]
     return described[0]
@@ -166,6 +181,9 @@ def launch_ranks(job: Callable, cfg: DictConfig, output_dir: Path, overrides: Se
     from torch.distributed.launcher.api import elastic_launch
 
     os.environ.setdefault("TORCHELASTIC_SIGNALS_TO_HANDLE", ",".join(s.name for s in FORWARDED))
+    quiet_tracker = "ignore:resource_tracker:UserWarning"  # "leaked semaphores" of a killed rank, which it frees
+    if quiet_tracker not in os.environ.get("PYTHONWARNINGS", ""):
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), quiet_tracker]))
     config, where = rendezvous(cfg, world)
     handlers = {s: signal.getsignal(s) for s in FORWARDED}
     method = multiprocessing.get_start_method(allow_none=True)  # loky's, in a joblib launcher's worker: a
@@ -176,6 +194,7 @@ def launch_ranks(job: Callable, cfg: DictConfig, output_dir: Path, overrides: Se
     fd, outcome_file = tempfile.mkstemp(prefix="imgexp-rank0-", suffix=".json")
     os.close(fd)
     failure: Optional[str] = None  # the first rank to fail, when one did
+    lost: Optional[str] = None  # the rendezvous, once the ranks had started: its node was lost
     signalled: Optional[signal.Signals] = None
     quiet = quiet_launcher_logs()
     try:
@@ -185,8 +204,11 @@ def launch_ranks(job: Callable, cfg: DictConfig, output_dir: Path, overrides: Se
         failure = first_failure(err)
     except SignalException as err:  # the ranks got the signal too
         signalled = err.sigval
-    except RendezvousError as err:  # a node that cannot reach the rendezvous, or nodes that never all came
-        raise ConfigError("trainer.rendezvous", f"{where}: {describe(err.__cause__ or err)[:300]}") from None
+    except RendezvousError as err:
+        reason = describe(err.__cause__ or err)[:300]
+        if not Path(outcome_file).read_text():  # a node that cannot reach it, or nodes that never all came
+            raise ConfigError("trainer.rendezvous", f"{where}: {reason}") from None
+        lost = f"the node hosting the rendezvous ({where}) was lost: {reason}"
     finally:
         for signum, handler in handlers.items():  # the launcher's handlers replaced ours
             signal.signal(signum, handler)
@@ -195,13 +217,17 @@ def launch_ranks(job: Callable, cfg: DictConfig, output_dir: Path, overrides: Se
             logger.setLevel(level)
         text = Path(outcome_file).read_text()
         os.unlink(outcome_file)
-    if not text:  # rank 0 left no word: it was killed, or another rank failed first
+    outcome = json.loads(text) if text else {"kind": "started"}
+    if outcome["kind"] == "ok":
+        return outcome["value"]
+    if lost or outcome.get("lost"):  # a rank or a node died: say which, when this node knows
+        cause = lost or (f"the run lost {failure}" if failure and not failure.split(": ", 1)[1].startswith(FOLLOWERS)
+                         else outcome["message"])
+        raise RanksStopped(f"{cause}; {RESUMABLE}", 130)
+    if outcome["kind"] == "started":  # rank 0 left no word: it was killed, or another rank failed first
         if signalled:
             raise RanksStopped(f"stopped by {signalled.name}", 128 + signalled)
         raise RankFailed(failure or "rank 0 ended without a result")
-    outcome = json.loads(text)
-    if outcome["kind"] == "ok":
-        return outcome["value"]
     message = outcome["message"]
     if failure and not failure.startswith("rank 0"):
         message += f" (first to fail: {failure})"

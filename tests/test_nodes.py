@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -30,17 +31,18 @@ def env(**extra: str) -> dict[str, str]:
     return {**base, **extra}
 
 
-def node_command(workdir: Path, port: int, *extra: str) -> list[str]:
+def node_command(workdir: Path, port: int, *extra: str, experiment: str = "nodes") -> list[str]:
     return [sys.executable, "-m", "imgexp", *FAST, "trainer.nodes=2", f"trainer.rendezvous=127.0.0.1:{port}",
-            f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}", "tracking.experiment=nodes", *extra]
+            f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}", f"tracking.experiment={experiment}", *extra]
 
 
 def start_nodes(workdir: Path, cmd: list[str], **environ: str) -> list[subprocess.Popen]:
+    """Two "machines": each node in its own directory and session (a kill of its group is the machine's loss)."""
     nodes = []
     for k in range(2):
         (workdir / f"machine{k}").mkdir(exist_ok=True)
         nodes.append(subprocess.Popen(cmd, cwd=workdir / f"machine{k}", env=env(**environ), stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
+                                      stderr=subprocess.PIPE, text=True, start_new_session=True))
     return nodes
 
 
@@ -51,10 +53,13 @@ def finish(nodes: list[subprocess.Popen], timeout: float = 400) -> list[tuple[st
     return out
 
 
-def the_runs(workdir: Path):
+def the_runs(workdir: Path, experiment: str = "nodes"):
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("nodes")
-    return client, client.search_runs([experiment.experiment_id])
+    return client, client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+
+
+def history(client, run, metric: str) -> list[float]:
+    return [m.value for m in sorted(client.get_metric_history(run.info.run_id, metric), key=lambda m: m.step)]
 
 
 @pytest.mark.slow
@@ -75,6 +80,56 @@ def test_the_same_command_on_two_nodes_is_one_run(workdir, devices):
     assert sorted(rank for pairs in logs.values() for _, rank in pairs) == list(range(2 * devices))
     summaries = [re.search(r"test/acc\s+([\d.]+)", text).group(1) for text, _ in out]
     assert summaries[0] == summaries[1] == f"{run.data.metrics['test/acc']:.4f}"
+
+
+@pytest.mark.slow
+def test_two_nodes_train_disjoint_shards_with_identical_parameters_after_every_step(tmp_path):
+    """imgexp's launcher over two nodes of one rank each runs tests/ddp_worker.py's training job: the ranks'
+    parameters are equal after every step, and their shards split every batch."""
+    from ddp_worker import check_records
+
+    cmd = [sys.executable, str(Path(__file__).with_name("ddp_worker.py")), str(tmp_path), f"127.0.0.1:{free_port()}"]
+    nodes = [subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    finish(nodes, timeout=300)
+    check_records(tmp_path)
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_node_stops_the_other_in_seconds_and_resume_auto_continues_it_exactly(workdir):
+    """A machine lost mid-run (its launcher and ranks killed at once): the other node stops within seconds with
+    one line, the run is KILLED; the same commands with resume=auto finish it with the numbers of a run left
+    alone."""
+    slow = {"IMGEXP_TEST_MIN_EPOCH_S": "2"}  # epochs long enough to be killed in
+    nodes = start_nodes(workdir, node_command(workdir, free_port(), "epochs=3"), **slow)
+    deadline = time.monotonic() + 240
+    while not (any(re.search(r"epoch 1/3:", p.read_text()) for p in workdir.glob("machine*/outputs/*/*/node*.rank0.log"))
+               and list(workdir.glob("machine*/outputs/*/*/checkpoints/*/last.pt"))):
+        assert time.monotonic() < deadline and all(n.poll() is None for n in nodes), "no first epoch"
+        time.sleep(0.05)
+    os.killpg(nodes[1].pid, signal.SIGKILL)
+    killed = time.monotonic()
+    _, err = nodes[0].communicate(timeout=120)
+    stopped_in = time.monotonic() - killed
+    nodes[1].communicate()
+    last = err.strip().splitlines()[-1]
+    assert nodes[0].returncode != 0 and last.startswith("imgexp: ") and "resume=auto" in last, err[-2000:]
+    assert stopped_in < 30, f"the surviving node took {stopped_in:.0f} s to stop"
+    client, (run,) = the_runs(workdir)
+    assert run.info.status == "KILLED", (run.info.status, err[-2000:])
+
+    finish(start_nodes(workdir, node_command(workdir, free_port(), "epochs=3", "resume=auto")))
+    _, found = the_runs(workdir)
+    assert [r.info.run_id for r in found] == [run.info.run_id], "resumed into the same run"
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [1, 2, 3]
+
+    finish(start_nodes(workdir, node_command(workdir, free_port(), "epochs=3", experiment="alone")))
+    _, (alone,) = the_runs(workdir, "alone")
+    for metric in ("train/loss", "train/acc", "val/loss", "val/acc"):
+        assert history(client, run, metric) == pytest.approx(history(client, alone, metric), rel=1e-5), metric
+    assert run.data.metrics["test/acc"] == alone.data.metrics["test/acc"]
 
 
 @pytest.mark.slow

@@ -55,7 +55,7 @@ class Ranks:
         """Raise :class:`RankLost` (from ``err``) when ``err`` says another rank is gone (see :meth:`lost`)."""
         if self.lost(err):
             what = re.sub(r"^\[[^\]]*\]\s*", "", str(err).strip().splitlines()[0])  # less gloo's source line
-            raise RankLost(f"another rank of the run was lost: {what[:300]}") from err
+            raise RankLost(f"another rank of the run was lost ({what.split('. ')[0][:200]})") from err
 
     def leave(self) -> None:
         if self.world > 1 and dist.is_initialized():
