@@ -145,10 +145,17 @@ def loopback(host: str) -> bool:
         return False
 
 
+def job_number() -> int:
+    """The job's number in its sweep (0 for a single run): two jobs of one sweep with one config meet apart."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return OmegaConf.select(HydraConfig.get(), "job.num", default=0) if HydraConfig.initialized() else 0
+
+
 def rendezvous(cfg: DictConfig, local: int) -> tuple[Any, str]:
     """The launcher's settings for this node's ``local`` ranks of the job's ``trainer.nodes``, and a
     line naming where the nodes meet. Every node of a run derives the same rendezvous id from the config, so the
-    same command started on each machine forms one run."""
+    same command started on each machine forms one run (and a sweep's job on each, one job)."""
     from torch.distributed.launcher.api import LaunchConfig
 
     t = OmegaConf.select(cfg, "trainer", default=None) or OmegaConf.create({})
@@ -162,7 +169,7 @@ def rendezvous(cfg: DictConfig, local: int) -> tuple[Any, str]:
     host = t.rendezvous.rsplit(":", 1)[0]
     if loopback(host):  # nodes on one machine (tests): every address on the loopback
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    digest = hashlib.sha256(f"{t.rendezvous} {config_hash(cfg)}".encode()).hexdigest()[:16]
+    digest = hashlib.sha256(f"{t.rendezvous} {config_hash(cfg)} {job_number()}".encode()).hexdigest()[:16]
     timeout = t.rendezvous_timeout_s
     return LaunchConfig(min_nodes=nodes, max_nodes=nodes, run_id=f"imgexp-{digest}", rdzv_endpoint=t.rendezvous,
                         rdzv_configs={"join_timeout": timeout, "read_timeout": min(timeout, STORE_TIMEOUT_S)},

@@ -31,8 +31,8 @@ def env(**extra: str) -> dict[str, str]:
     return {**base, **extra}
 
 
-def node_command(workdir: Path, port: int, *extra: str, experiment: str = "nodes") -> list[str]:
-    return [sys.executable, "-m", "imgexp", *FAST, "trainer.nodes=2", f"trainer.rendezvous=127.0.0.1:{port}",
+def node_command(workdir: Path, port: int, *extra: str, experiment: str = "nodes", sweep: bool = False) -> list[str]:
+    return [sys.executable, "-m", "imgexp", *(["-m"] if sweep else []), *FAST, "trainer.nodes=2", f"trainer.rendezvous=127.0.0.1:{port}",
             f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}", f"tracking.experiment={experiment}", *extra]
 
 
@@ -130,6 +130,77 @@ def test_kill_9_of_a_node_stops_the_other_in_seconds_and_resume_auto_continues_i
     for metric in ("train/loss", "train/acc", "val/loss", "val/acc"):
         assert history(client, run, metric) == pytest.approx(history(client, alone, metric), rel=1e-5), metric
     assert run.data.metrics["test/acc"] == alone.data.metrics["test/acc"]
+
+
+def job_epochs(workdir: Path, job: int) -> dict[str, int]:
+    """Each rank's logged epochs in sweep job ``job``, on both machines: ``{"machine0/node0.rank0.log": 3, ...}``."""
+    return {f"{p.parts[-6]}/{p.name}": len(re.findall(r"epoch \d+/\d+:", p.read_text()))
+            for p in workdir.glob(f"machine*/multirun/*/*/{job}/node*.rank*.log")}
+
+
+@pytest.mark.slow
+def test_a_grid_sweep_of_jobs_over_two_nodes_is_one_parent_run_with_a_run_per_job(workdir):
+    """``-m seed=0,1`` on both nodes: one node leads (the parent run, the grid), the other follows; each job is
+    one run whose ranks span both machines."""
+    out = finish(start_nodes(workdir, node_command(workdir, free_port(), "seed=0,1", sweep=True)))
+    client, found = the_runs(workdir)
+    (parent,) = [r for r in found if r.data.tags.get("imgexp.role") == "sweep"]
+    jobs = [r for r in found if r is not parent]
+    assert sorted(r.data.params["seed"] for r in jobs) == ["0", "1"] and len(found) == 3
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id and r.info.status == "FINISHED" for r in jobs)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/trained"] == 2
+    for run in jobs:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [1, 2]
+    for job in (0, 1):
+        assert sorted(job_epochs(workdir, job).values()) == [2, 2] and \
+            {k.split("/")[0] for k in job_epochs(workdir, job)} == {"machine0", "machine1"}, job_epochs(workdir, job)
+    logs = sorted(text for text, _ in out)
+    assert sum("the sweep is over: 2 jobs followed" in t for t in logs) == 1, "one node followed"
+    assert sum(f"compare its runs: python -m imgexp.compare sweep={parent.info.run_id}" in t for t in logs) == 1
+
+
+@pytest.mark.slow
+def test_an_optuna_study_of_trials_over_two_nodes_prunes_on_every_rank(workdir):
+    """A 2-trial study in a journal file, each trial over both nodes: the lr that cannot learn is pruned, and
+    the rank on the other machine stops at the epoch where rank 0 did."""
+    import optuna
+    from optuna.trial import TrialState
+
+    journal = workdir / "study.journal"
+    finish(start_nodes(workdir, node_command(
+        workdir, free_port(), "hydra/sweeper=optuna", "hydra.sweeper.study_name=nodes", f"hydra.sweeper.storage=journal://{journal}",
+        "hydra.sweeper.n_trials=2", "hydra.sweeper.pruner=median", "hydra.sweeper.pruner_startup_trials=1",
+        "hydra.sweeper.sampler=grid", "hydra.sweeper.seed=1", "optimizer.lr=choice(0.003,1e-9)", "epochs=3", sweep=True)))
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(study_name="nodes", storage=JournalStorage(JournalFileBackend(str(journal))))
+    assert [(t.params["optimizer.lr"], t.state) for t in study.trials] == [(0.003, TrialState.COMPLETE),
+                                                                           (1e-9, TrialState.PRUNED)]
+    client, found = the_runs(workdir)
+    trials = {int(r.data.tags["imgexp.trial"]): r for r in found if "imgexp.trial" in r.data.tags}
+    assert sorted(trials) == [0, 1] and len(found) == 3, "one run per trial, and the study's parent"
+    assert trials[1].data.tags["imgexp.status"] == "pruned"
+    for number, run in trials.items():
+        epochs = len(client.get_metric_history(run.info.run_id, "val/acc"))
+        assert list(job_epochs(workdir, number).values()) == [epochs, epochs], (number, job_epochs(workdir, number))
+        assert {k.split("/")[0] for k in job_epochs(workdir, number)} == {"machine0", "machine1"}
+    assert len(client.get_metric_history(trials[1].info.run_id, "val/acc")) < 3
+
+
+@pytest.mark.slow
+def test_a_node_that_runs_another_sweep_than_the_leader_is_one_line(workdir):
+    port = free_port()
+    leader = subprocess.Popen(node_command(workdir, port, "seed=0,1", "trainer.rendezvous_timeout_s=10", sweep=True),
+                              cwd=workdir, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    other = subprocess.run(node_command(workdir, port, "seed=0,2", "trainer.rendezvous_timeout_s=10", sweep=True),
+                           cwd=workdir, env=env(), capture_output=True, text=True, timeout=120)
+    leader.communicate(timeout=300)
+    lines = [line for line in other.stderr.splitlines() if line.strip() and "mlflow.store.db" not in line]
+    assert other.returncode == 1 and lines == [
+        f"imgexp: error: trainer.rendezvous: the node leading the sweep at 127.0.0.1:{port} runs another sweep: start "
+        "the same command on every node"], other.stderr[-2000:]
 
 
 @pytest.mark.slow

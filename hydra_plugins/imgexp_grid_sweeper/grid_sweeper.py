@@ -17,6 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn
 
 from imgexp import redact
+from imgexp.sweep_nodes import SweepNodes
 from imgexp.sweep_overrides import check_composes, hide_internal_overrides, job_name, light_analysis
 from imgexp.tracking.store import ERROR_TAG
 from imgexp.tracking.sweep import ParentRun, failure, finish, job_error, objective
@@ -46,6 +47,9 @@ class GridSweeper(BasicSweeper):
     def sweep(self, arguments: List[str]) -> Any:
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         redact.install()  # Hydra has configured the sweep's logging: no URI password in it
+        nodes = SweepNodes.meet(self.config, arguments)  # jobs over several nodes: one node leads the sweep
+        if nodes is not None and not nodes.leads:
+            return [nodes.follow(self.launcher)]
         sweep_dir = Path(self.config.hydra.sweep.dir)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         self.overrides = self.split_arguments(parser.parse_overrides(self._parse_config() + list(arguments)),
@@ -65,10 +69,15 @@ class GridSweeper(BasicSweeper):
                 batch = [list(job) + light + parent.child_override() + names[tuple(job)]
                          for job in self.get_job_batch()]
                 self.validate_batch_is_legal(batch)
+                if nodes is not None:
+                    nodes.publish(batch, len(returns))
                 returns.extend(self.launcher.launch(batch, initial_job_idx=len(returns)))
         except BaseException:
             parent.close(True, {}, {ERROR_TAG: "sweep interrupted"}, [])
             raise
+        finally:
+            if nodes is not None:
+                nodes.close()
         failed = [failure(r, job_error(r)) for r in returns if job_error(r) is not None]
         reused = parent.reused()
         finish({"jobs": len(returns), "trained": len(returns) - len(failed) - reused, "reused": reused,

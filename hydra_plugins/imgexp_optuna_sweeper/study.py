@@ -33,6 +33,7 @@ from hydra_plugins.imgexp_optuna_sweeper.study_lock import StudyLock
 from hydra_plugins.imgexp_optuna_sweeper.trial_loop import TrialLoop
 from imgexp import redact
 from imgexp.config import as_list
+from imgexp.sweep_nodes import SweepNodes
 from imgexp.sweep_overrides import check_composes, hide_internal_overrides, light_analysis
 from imgexp.tracking.pruning import PRUNERS, build_pruner
 from imgexp.tracking.store import ERROR_TAG, check_database
@@ -118,6 +119,9 @@ class StudySweeper(Sweeper):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # fail_stale_trials
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        nodes = SweepNodes.meet(self.config, arguments)  # trials over several nodes: one node runs the study
+        if nodes is not None and not nodes.leads:
+            return nodes.follow(self.launcher)
         params = [f"{k}={v}" for k, v in (c.params or {}).items()] + list(arguments)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         space, fixed = split(parser.parse_overrides(params))
@@ -153,13 +157,16 @@ class StudySweeper(Sweeper):
         job_overrides = fixed + light + parent.child_override() + [f"trial.storage={quote(url)}",
                                                                    f"trial.study={quote(name)}"]
         hide_internal_overrides()
-        loop = TrialLoop(self, study, storage, lock, parent, space, job_overrides, n_trials)
+        loop = TrialLoop(self, study, storage, lock, parent, space, job_overrides, n_trials, nodes)
         try:
             loop.run()
         except BaseException:
             loop.abandon()
             parent.close(True, {}, {ERROR_TAG: "sweep interrupted"}, [])
             raise
+        finally:
+            if nodes is not None:
+                nodes.close()
         close_parent(parent, self.config, study, loop.counts(), loop.failed, sweep_dir)
         return loop.returns
 

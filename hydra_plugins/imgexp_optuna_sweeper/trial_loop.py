@@ -23,6 +23,7 @@ from hydra_plugins.imgexp_optuna_sweeper.retries import (ATTEMPT_ATTR, MAX_ATTEM
 from hydra_plugins.imgexp_optuna_sweeper.search_space import as_override, quote
 from hydra_plugins.imgexp_optuna_sweeper.study_lock import StudyLock
 from imgexp.errors import describe
+from imgexp.sweep_nodes import SweepNodes
 from imgexp.sweep_overrides import job_name
 from imgexp.tracking.store import ERROR_TAG
 from imgexp.tracking.study_storage import fail_stale_trials, record_heartbeat
@@ -59,14 +60,15 @@ class TrialLoop:
     """One process's share of a study: claim, launch, record, until the study has ``n_trials``."""
 
     def __init__(self, sweeper: Sweeper, study: optuna.Study, storage, lock: StudyLock, parent: ParentRun,
-                 space: dict, overrides: list[str], n_trials: int) -> None:
+                 space: dict, overrides: list[str], n_trials: int, nodes: Optional[SweepNodes] = None) -> None:
         self.sweeper, self.study, self.storage, self.lock, self.parent = sweeper, study, storage, lock, parent
-        self.space, self.overrides, self.n_trials = space, overrides, n_trials
+        self.space, self.overrides, self.n_trials, self.nodes = space, overrides, n_trials, nodes
         self.extend = custom_space(sweeper.cfg.custom_search_space)
-        parallel = sweeper.cfg.n_jobs > 1 and not isinstance(sweeper.launcher, BasicLauncher)
+        parallel = sweeper.cfg.n_jobs > 1 and not isinstance(sweeper.launcher, BasicLauncher) and nodes is None
         if sweeper.cfg.n_jobs > 1 and not parallel:
-            log.warning("n_jobs=%d with the in-process launcher runs one trial at a time: use "
-                        "hydra/launcher=joblib, or start several workers", sweeper.cfg.n_jobs)
+            log.warning("n_jobs=%d %s runs one trial at a time: use hydra/launcher=joblib, or start several "
+                        "workers", sweeper.cfg.n_jobs, "with trials over several nodes (each uses them all)"
+                        if nodes is not None else "with the in-process launcher")
         self.pool = ThreadPoolExecutor(sweeper.cfg.n_jobs) if parallel else None
         self.in_flight: dict[Future, optuna.Trial] = {}
         self.returns: List[JobReturn] = []
@@ -108,6 +110,8 @@ class TrialLoop:
         interrupted_dir = trial.user_attrs.get(CHECKPOINT_ATTR)  # a retry: continue from the lost trial's state
         if interrupted_dir and (Path(interrupted_dir) / "last.pt").exists():
             overrides.append(f"resume={quote(interrupted_dir)}")
+        if self.nodes is not None:
+            self.nodes.publish([overrides], trial.number)
         return self.sweeper.launcher.launch([overrides], initial_job_idx=trial.number)[0]
 
     def record(self, trial: optuna.Trial, ret: JobReturn) -> None:

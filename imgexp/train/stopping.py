@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import signal
 from pathlib import Path
+from typing import Optional
 
 log = logging.getLogger(__name__)
 
@@ -15,7 +16,12 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class StoppedByRankZero(Exception):
-    """Ends ranks other than 0 when rank 0's ``on_epoch`` stopped the run (pruning, a failed callback)."""
+    """Ends ranks other than 0 when rank 0's ``on_epoch`` stopped the run (pruning, a failed callback), with
+    rank 0's ``run_status`` (``pruned``), so a node without rank 0 ends its job as rank 0's does."""
+
+    def __init__(self, message: str, run_status: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.run_status = run_status
 
 
 class TrainingInterrupted(KeyboardInterrupt):

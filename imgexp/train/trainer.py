@@ -241,8 +241,9 @@ class Trainer:
                 on_epoch(epoch, metrics)
             except Exception as err:  # noqa: BLE001 - re-raised below, once the other ranks know
                 error = err
-        if self.ranks.any(error is not None):
-            raise error or StoppedByRankZero(f"rank 0 stopped the run after epoch {epoch}")
+        stop = self.ranks.share(None if error is None else (str(error), getattr(error, "run_status", None)))
+        if stop is not None:
+            raise error or StoppedByRankZero(f"rank 0 stopped the run after epoch {epoch}: {stop[0]}", stop[1])
 
     def fit(self, on_epoch: Optional[EpochCallback] = None) -> FitResult:
         """Train the remaining epochs, then test the best weights (loaded into ``model``). When another rank
