@@ -93,10 +93,11 @@ class SweepNodes:
                                                                       "first": first_job}))
             self.published += 1
 
-    def close(self) -> None:
-        """Leader: the sweep is over; wait (a while) until every follower has read so."""
+    def close(self, interrupted: bool = False) -> None:
+        """Leader: the sweep is over; wait (a while) until every follower has read so, unless the sweep was
+        ``interrupted`` (a node lost, a signal): the followers still there read it while the store lasts."""
         self.store.set(f"{KEY}batch/{self.published}", json.dumps({"end": True}))
-        deadline = time.monotonic() + GOODBYE_S
+        deadline = time.monotonic() + (0 if interrupted else GOODBYE_S)
         while self.store.add(KEY + "left", 0) < self.nodes - 1 and time.monotonic() < deadline:
             time.sleep(0.2)
 

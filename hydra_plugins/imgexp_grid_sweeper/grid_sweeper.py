@@ -74,10 +74,11 @@ class GridSweeper(BasicSweeper):
                 returns.extend(self.launcher.launch(batch, initial_job_idx=len(returns)))
         except BaseException:
             parent.close(True, {}, {ERROR_TAG: "sweep interrupted"}, [])
-            raise
-        finally:
             if nodes is not None:
-                nodes.close()
+                nodes.close(interrupted=True)
+            raise
+        if nodes is not None:
+            nodes.close()
         failed = [failure(r, job_error(r)) for r in returns if job_error(r) is not None]
         reused = parent.reused()
         finish({"jobs": len(returns), "trained": len(returns) - len(failed) - reused, "reused": reused,

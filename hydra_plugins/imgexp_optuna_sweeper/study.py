@@ -163,10 +163,11 @@ class StudySweeper(Sweeper):
         except BaseException:
             loop.abandon()
             parent.close(True, {}, {ERROR_TAG: "sweep interrupted"}, [])
-            raise
-        finally:
             if nodes is not None:
-                nodes.close()
+                nodes.close(interrupted=True)
+            raise
+        if nodes is not None:
+            nodes.close()
         close_parent(parent, self.config, study, loop.counts(), loop.failed, sweep_dir)
         return loop.returns
 
