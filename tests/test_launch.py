@@ -63,10 +63,10 @@ def test_rank_0s_error_is_the_jobs_one_line(tmp_path, restored_logging):
 
 
 @pytest.mark.parametrize("err,outcome", [
-    (ValueError("bad value"), {"kind": "error", "message": "bad value", "exit_code": 130}),
-    (KeyboardInterrupt(), {"kind": "stopped", "message": "KeyboardInterrupt", "exit_code": 130}),
+    (ValueError("bad value"), {"kind": "error", "message": "bad value", "exit_code": 130, "lost": False}),
+    (KeyboardInterrupt(), {"kind": "stopped", "message": "KeyboardInterrupt", "exit_code": 130, "lost": False}),
     (elastic.RanksStopped("stopped by SIGTERM", 143), {"kind": "stopped", "message": "stopped by SIGTERM",
-                                                      "exit_code": 143}),
+                                                      "exit_code": 143, "lost": False}),
 ])
 def test_what_rank_0_tells_the_launcher(err, outcome):
     assert elastic.outcome_of(err) == outcome
@@ -78,7 +78,8 @@ def test_a_pruned_or_interrupted_rank_0_says_so():
     pruned = ValueError("pruned at epoch 2")
     pruned.run_status = "pruned"
     assert elastic.outcome_of(pruned)["kind"] == "pruned"
-    assert elastic.outcome_of(RankLost("Connection closed by peer"))["kind"] == "stopped"
+    lost = elastic.outcome_of(RankLost("Connection closed by peer"))
+    assert (lost["kind"], lost["lost"]) == ("stopped", True)
 
 
 def failure(rank, timestamp, message=None, exitcode=1, signal_name="SIGKILL"):
@@ -96,7 +97,7 @@ def failure(rank, timestamp, message=None, exitcode=1, signal_name="SIGKILL"):
     ([failure(0, 1, "Terminated: SIGTERM"), failure(1, 2, "RankLost: gloo")], "rank 0: Terminated: SIGTERM"),
 ])
 def test_the_first_rank_to_fail_of_its_own_accord_is_named(failures, first):
-    err = SimpleNamespace(failures={i: f for i, f in enumerate(failures)})
+    err = SimpleNamespace(failures={f.local_rank: f for f in failures})  # torch keys them by global rank
     assert elastic.first_failure(err) == first
 
 

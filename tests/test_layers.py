@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [
     ("foundation", ["imgexp/__init__.py", "imgexp/config.py", "imgexp/locks.py", "imgexp/redact.py",
                     "imgexp/errors.py", "imgexp/help.py", "imgexp/checkpoint.py", "imgexp/optim.py",
-                    "imgexp/optim_schema.py", "imgexp/runtime.py", "imgexp/gpus.py", "imgexp/sweep_overrides.py"]),
+                    "imgexp/optim_schema.py", "imgexp/runtime.py", "imgexp/gpus.py", "imgexp/sweep_overrides.py",
+                    "imgexp/sweep_nodes.py"]),
     ("parts", ["imgexp/data/", "imgexp/models/", "imgexp/losses/", "imgexp/train/", "imgexp/analysis/",
                "imgexp/classifier.py"]),
     ("tracking", ["imgexp/tracking/"]),
