@@ -1,10 +1,12 @@
-"""A one-node SLURM cluster for the tests: munged, slurmctld and slurmd (Debian's ``munge`` and ``slurm-wlm``)
-started in the foreground as child processes, with their key, socket, config, state, spool and logs under one
-directory, on 127.0.0.1 only and on ports other than SLURM's defaults, so that nothing of a real installation
-is read or disturbed. ``SLURM_CONF`` (in :attr:`OneNodeCluster.env`) points sbatch, squeue and scontrol at it.
+"""A SLURM cluster on this machine for the tests: munged, slurmctld and a slurmd per node (Debian's ``munge`` and
+``slurm-wlm``) started in the foreground as child processes, with their key, socket, config, state, spool and logs
+under one directory, on 127.0.0.1 only and on ports other than SLURM's defaults, so that nothing of a real
+installation is read or disturbed. ``SLURM_CONF`` (in :attr:`LocalCluster.env`) points sbatch, squeue and
+scontrol at it. One node is ``localhost``; several are ``n1``, ``n2``, ..., each a slurmd of its own (``slurmd
+-N``) on its own port of 127.0.0.1, with its own spool, pid file and log (``%n`` in their paths).
 
-    with OneNodeCluster(tmp_path) as cluster:
-        subprocess.run(["sbatch", "--wrap", "hostname"], env=cluster.env)
+    with LocalCluster(tmp_path, nodes=2) as cluster:
+        subprocess.run(["srun", "-N2", "hostname"], env=cluster.env)
 """
 from __future__ import annotations
 
@@ -55,14 +57,20 @@ def node_memory_mb(cap: int = 4096) -> int:
     return min(int(found.group(1)) if found else cap, cap)
 
 
-class OneNodeCluster:
-    """Node ``localhost`` (127.0.0.1, ``cpus`` CPUs), partition ``debug`` (default), controller on 127.0.0.1."""
+class LocalCluster:
+    """``nodes`` nodes on 127.0.0.1 (``cpus`` CPUs each), partition ``debug`` (default), controller on 127.0.0.1."""
 
-    def __init__(self, root: Path, cpus: int = 2, ctld_port: int = 16817, slurmd_port: int = 16818) -> None:
+    def __init__(self, root: Path, nodes: int = 1, cpus: int = 2, ctld_port: int = 16817,
+                 slurmd_port: int = 16818) -> None:
         self.root = Path(root)
         self.cpus = cpus
         self.ctld_port = free_port(ctld_port)
-        self.slurmd_port = free_port(slurmd_port if slurmd_port != self.ctld_port else 0)
+        self.node_names = ["localhost"] if nodes == 1 else [f"n{k}" for k in range(1, nodes + 1)]
+        self.slurmd_ports: list[int] = []
+        for k in range(nodes):
+            taken = {self.ctld_port, *self.slurmd_ports}
+            wanted = slurmd_port + k
+            self.slurmd_ports.append(free_port(wanted if wanted not in taken else 0))
         self.conf = self.root / "slurm.conf"
         self.socket = self.root / "munge" / "munge.socket"
         self.procs: dict[str, subprocess.Popen] = {}
@@ -81,12 +89,16 @@ class OneNodeCluster:
                        capture_output=True, timeout=30)
         os.chmod(key, 0o600)
         r, memory = self.root, node_memory_mb()
+        per_node = "%n" if len(self.node_names) > 1 else ""  # each slurmd its own files, named by its node
+        nodes = "\n".join(
+            f"NodeName={name} NodeAddr=127.0.0.1 NodeHostname=localhost Port={port} CPUs={self.cpus} "
+            f"RealMemory={memory} State=UNKNOWN" for name, port in zip(self.node_names, self.slurmd_ports))
         self.conf.write_text(f"""\
-# one-node test cluster: everything on 127.0.0.1, under {r}
+# test cluster of {len(self.node_names)} node(s): everything on 127.0.0.1, under {r}
 ClusterName=imgexptest
 SlurmctldHost=localhost(127.0.0.1)
 SlurmctldPort={self.ctld_port}
-SlurmdPort={self.slurmd_port}
+SlurmdPort={self.slurmd_ports[0]}
 CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
 AuthType=auth/munge
 CredType=cred/munge
@@ -94,11 +106,11 @@ AuthInfo=socket={self.socket},cred_expire=10
 SlurmUser=root
 SlurmdUser=root
 StateSaveLocation={r}/state
-SlurmdSpoolDir={r}/spool
+SlurmdSpoolDir={r}/spool/{per_node}
 SlurmctldPidFile={r}/run/slurmctld.pid
-SlurmdPidFile={r}/run/slurmd.pid
+SlurmdPidFile={r}/run/slurmd{per_node}.pid
 SlurmctldLogFile={r}/log/slurmctld.log
-SlurmdLogFile={r}/log/slurmd.log
+SlurmdLogFile={r}/log/slurmd{per_node}.log
 SlurmctldDebug=info
 SlurmdDebug=info
 ProctrackType=proctrack/linuxproc
@@ -118,13 +130,15 @@ MinJobAge=300
 KillWait=10
 InactiveLimit=0
 Waittime=0
-NodeName=localhost NodeAddr=127.0.0.1 NodeHostname=localhost CPUs={self.cpus} RealMemory={memory} State=UNKNOWN
-PartitionName={PARTITION} Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+{nodes}
+PartitionName={PARTITION} Nodes={",".join(self.node_names)} Default=YES MaxTime=INFINITE State=UP
 """)
+        for name in self.node_names:
+            (r / "spool" / (name if per_node else "")).mkdir(parents=True, exist_ok=True)
 
-    def _start(self, name: str, *args: str) -> None:
+    def _start(self, name: str, *args: str, program: Optional[str] = None) -> None:
         log = open(self.root / "log" / f"{name}.out", "wb")
-        self.procs[name] = subprocess.Popen([which(name), *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        self.procs[name] = subprocess.Popen([which(program or name), *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
 
@@ -143,7 +157,7 @@ PartitionName={PARTITION} Nodes=localhost Default=YES MaxTime=INFINITE State=UP
         return subprocess.run([which(cmd[0]), *cmd[1:]], env=self.env, capture_output=True, text=True,
                               timeout=timeout)
 
-    def start(self) -> "OneNodeCluster":
+    def start(self) -> "LocalCluster":
         self._write_config()
         m = self.root / "munge"
         self._start("munged", "--foreground", "--force", f"--socket={self.socket}", f"--key-file={m}/munge.key",
@@ -151,8 +165,10 @@ PartitionName={PARTITION} Nodes=localhost Default=YES MaxTime=INFINITE State=UP
         self._wait("munge socket", self.socket.exists)
         self._start("slurmctld", "-D", "-i", "-f", str(self.conf))
         self._wait("slurmctld", lambda: self.run("scontrol", "ping").stdout.count("is UP") >= 1)
-        self._start("slurmd", "-D", "-N", "localhost", "-f", str(self.conf))
-        self._wait("idle node", lambda: self.run("sinfo", "-h", "-N", "-o", "%t").stdout.strip() == "idle")
+        for name in self.node_names:
+            self._start(f"slurmd-{name}", "-D", "-N", name, "-f", str(self.conf), program="slurmd")
+        idle = ["idle"] * len(self.node_names)
+        self._wait("idle nodes", lambda: self.run("sinfo", "-h", "-N", "-o", "%t").stdout.split() == idle)
         return self
 
     # ------------------------------------------------------------------ use
@@ -185,7 +201,7 @@ PartitionName={PARTITION} Nodes=localhost Default=YES MaxTime=INFINITE State=UP
                 deadline = time.time() + 20
                 while self.squeue() and time.time() < deadline:
                     time.sleep(0.5)
-        for name in ("slurmd", "slurmctld", "munged"):  # the reverse of start-up
+        for name in [f"slurmd-{n}" for n in self.node_names] + ["slurmctld", "munged"]:  # the reverse of start-up
             p = self.procs.pop(name, None)
             if p is None or p.poll() is not None:
                 continue
@@ -196,7 +212,7 @@ PartitionName={PARTITION} Nodes=localhost Default=YES MaxTime=INFINITE State=UP
                 p.kill()
                 p.wait(timeout=5)
 
-    def __enter__(self) -> "OneNodeCluster":
+    def __enter__(self) -> "LocalCluster":
         try:
             return self.start()
         except BaseException:

@@ -1,10 +1,11 @@
-"""``hydra/launcher=slurm`` on a real one-node SLURM cluster (tests/slurm_cluster.py: munged, slurmctld and
-slurmd on 127.0.0.1, all files in a temporary directory). The working directory stands for the shared file
-system: the sweep, its jobs and their MLflow store (./mlflow.db) all live there. Skipped where Debian's
-slurm-wlm and munge packages are missing (.ci/run installs them)."""
+"""``hydra/launcher=slurm`` on real SLURM clusters of one and two nodes (tests/slurm_cluster.py: munged,
+slurmctld and a slurmd per node on 127.0.0.1, all files in a temporary directory). The working directory stands
+for the shared file system: the sweep, its jobs and their MLflow store (./mlflow.db) all live there. Skipped
+where Debian's slurm-wlm and munge packages are missing (.ci/run installs them)."""
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 
 import optuna
@@ -13,7 +14,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from conftest import run_cli
-from slurm_cluster import OneNodeCluster, missing
+from slurm_cluster import LocalCluster, missing
 from test_sweeps import assert_children_of, sweep_runs
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.skipif(missing() is not None, reason=str(missing()))]
@@ -22,11 +23,11 @@ FAST = ["analysis=none", "progress=false"]
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    with OneNodeCluster(tmp_path_factory.mktemp("slurm")) as c:
+    with LocalCluster(tmp_path_factory.mktemp("slurm")) as c:
         yield c
 
 
-def slurm(cluster: OneNodeCluster, timeout_min: int, *extra: str) -> list[str]:
+def slurm(cluster: LocalCluster, timeout_min: int, *extra: str) -> list[str]:
     """The ``slurm`` preset cut down to this node: no GPU, 1 CPU and 1 GB a job."""
     return ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",
             "hydra.launcher.mem_gb=1", f"hydra.launcher.partition={cluster.partition}",
@@ -44,17 +45,21 @@ def submitit_lines(log: str, message: str) -> list[str]:
     return re.findall(rf"^submitit \w+ \([^)]*\) - ({re.escape(message)}.*)$", log, re.M)
 
 
-def explain(cluster: OneNodeCluster, workdir: Path, proc) -> str:
+def explain(cluster: LocalCluster, workdir: Path, proc) -> str:
     logs = "\n".join(f"==> {job} <==\n{text[-3000:]}" for job, text in submitit_logs(workdir).items())
     return f"{proc.stderr[-3000:]}\n{logs}\n{cluster.logs()}"
 
 
-@pytest.fixture
-def submit_env(cluster, monkeypatch):
-    """sbatch and squeue talk to the test cluster; the jobs (which get this environment) use one thread each,
-    as cpus_per_task=1 asks: two threads on a loaded 2-core machine make an epoch several times slower."""
+def submit_to(cluster: LocalCluster, monkeypatch) -> None:
+    """sbatch and squeue talk to ``cluster``; the jobs (which get this environment) use one thread each, as
+    cpus_per_task=1 asks: two threads on a loaded 2-core machine make an epoch several times slower."""
     monkeypatch.setenv("SLURM_CONF", cluster.env["SLURM_CONF"])
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture
+def submit_env(cluster, monkeypatch):
+    submit_to(cluster, monkeypatch)
 
 
 def test_grid_sweep_runs_each_job_as_a_slurm_job(cluster, workdir, submit_env):
@@ -143,3 +148,68 @@ def test_a_job_of_two_slurm_tasks_trains_as_two_ranks_of_one_run(cluster, workdi
     assert "rank 0 of 2" in own.read_text() and "rank 1 of 2" not in own.read_text()
     client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [1, 2]
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory):
+    """Two slurmd daemons on this machine, nodes n1 and n2 (tests/slurm_cluster.py)."""
+    with LocalCluster(tmp_path_factory.mktemp("slurm2"), nodes=2) as c:
+        yield c
+
+
+def signal_when(workdir: Path, line: str, cluster: LocalCluster, stop: threading.Event) -> list[str]:
+    """In a thread: once task 0's log of the (one) SLURM job shows ``line``, send SIGUSR2 to the job's tasks (what
+    SLURM sends ahead of a time limit or a preemption); returns the job ids signalled."""
+    signalled: list[str] = []
+
+    def watch() -> None:
+        while not stop.wait(0.5):
+            for job, text in submitit_logs(workdir).items():
+                if line in text:
+                    cluster.run("scancel", "--signal=USR2", job)
+                    signalled.append(job)
+                    return
+
+    threading.Thread(target=watch, daemon=True).start()
+    return signalled
+
+
+def test_a_job_over_two_slurm_nodes_is_one_run_of_two_ranks_and_a_requeue_resumes_it(two_nodes, workdir,
+                                                                                     monkeypatch):
+    """``nodes=2 tasks_per_node=1``: SLURM starts a task on n1 and one on n2, which join as ranks 0 and 1 of one
+    run. SIGUSR2 mid-run: the ranks stop after their step, rank 0 saves the state and submitit requeues the job;
+    the requeued job (SLURM_RESTART_COUNT=1) resumes the run. The test nodes' names resolve nowhere, so rank 0's
+    address comes from MASTER_ADDR (a real cluster's node names resolve: imgexp takes the step's first node)."""
+    epochs = 6
+    submit_to(two_nodes, monkeypatch)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("IMGEXP_TEST_MIN_EPOCH_S", "2")  # the signal surely comes before the last epoch
+    stop = threading.Event()
+    signalled = signal_when(workdir, f"epoch 2/{epochs}:", two_nodes, stop)
+    try:
+        proc = run_cli("-m", *slurm(two_nodes, 4, "hydra.launcher.nodes=2", "hydra.launcher.tasks_per_node=1"),
+                       "trainer.devices=auto", "device=cpu", "seed=0", f"epochs={epochs}", "data.subset=200", *FAST,
+                       "tracking.experiment=slurm-nodes", cwd=workdir, timeout=400)
+    finally:
+        stop.set()
+    assert proc.returncode == 0, explain(two_nodes, workdir, proc)
+    (parent,), children = sweep_runs(workdir, "slurm-nodes")
+    assert_children_of(parent, children, 1)
+    (run,) = children
+    assert run.info.status == "FINISHED"
+    history = MlflowClient(f"sqlite:///{workdir}/mlflow.db").get_metric_history(run.info.run_id, "val/acc")
+    assert sorted(m.step for m in history) == list(range(1, epochs + 1)), "each epoch logged once, across the requeue"
+
+    (job,) = signalled
+    log = submitit_logs(workdir)[job]
+    assert len(submitit_lines(log, f"Starting with JobEnvironment(job_id={job},")) == 2  # the first run, the requeued
+    assert "node=0(2), global_rank=0(2)" in log
+    (task1,) = workdir.glob(f"multirun/*/*/.submitit/{job}/{job}_1_log.out")
+    assert "node=1(2), global_rank=1(2)" in task1.read_text()
+    resumed = re.findall(r"resuming MLflow run ([0-9a-f]{32}) \(resume=auto\) after epoch (\d+) of", log)
+    assert [run_id for run_id, _ in resumed] == [run.info.run_id] and 2 <= int(resumed[0][1]) < epochs
+    (job_dir,) = workdir.glob("multirun/*/*/0")
+    assert "rank 1 of 2" in (job_dir / "rank1.log").read_text()
+    two_nodes.wait_for_jobs()
+    ctld = (two_nodes.root / "log" / "slurmctld.log").read_text()
+    assert f"Requeuing JobId={job}" in ctld and re.search(rf"JobId={job} NodeList=n\[1-2\]", ctld), ctld[-3000:]
