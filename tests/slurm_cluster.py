@@ -138,7 +138,8 @@ PartitionName={PARTITION} Nodes={",".join(self.node_names)} Default=YES MaxTime=
 
     def _start(self, name: str, *args: str, program: Optional[str] = None) -> None:
         log = open(self.root / "log" / f"{name}.out", "wb")
-        self.procs[name] = subprocess.Popen([which(program or name), *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        self.procs[name] = subprocess.Popen([which(program or name), *args], env=self.env, stdout=log,
+                                            stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
 
