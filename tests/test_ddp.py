@@ -20,6 +20,7 @@ from conftest import run_cli
 from ddp_worker import check_records
 from imgexp.data.loader import Shard, StreamLoader, TensorLoader
 from imgexp.data.sources import Files
+from imgexp.tracking.store import download_best_weights
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 FAST = ["analysis=none", "progress=false", "data.subset=300", "device=cpu"]
@@ -156,7 +157,7 @@ def test_a_two_rank_run_is_one_run_in_one_directory_and_its_val_acc_is_its_best_
 
     best_epoch = int(run.data.metrics["val/best_epoch"])
     logged = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val/acc")}[best_epoch]
-    path = client.download_artifacts(run.info.run_id, "checkpoints/best.pt", str(workdir))
+    path = download_best_weights(client, run.info.run_id, workdir)
     with initialize_config_module(config_module="imgexp.conf", version_base=None):
         cfg = compose(config_name="config", overrides=[*FAST, "data.subset=400", "batch=50", "tracking=none"])
     job = build(cfg, workdir / "one", torch.device("cpu"))

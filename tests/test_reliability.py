@@ -22,6 +22,7 @@ from imgexp.config import ConfigError
 from imgexp.data import build as build_data
 from imgexp.models import create_model
 from imgexp.run import run
+from imgexp.tracking.store import download_best_weights
 
 from conftest import run_cli, write_image
 from test_resume import env, runs, start, wait_for
@@ -45,7 +46,7 @@ def test_two_runs_started_together_in_a_fresh_directory(workdir, compose_cfg):
     x, y = (torch.cat(t) for t in zip(*data.test))
     for r in both:  # each run's logged test accuracy is that of its own checkpoint artifact
         model = create_model(cfg.model, data.info).eval()
-        model.load_state_dict(load(client.download_artifacts(r.info.run_id, "checkpoints/best.pt", str(workdir))))
+        model.load_state_dict(load(download_best_weights(client, r.info.run_id, workdir / r.info.run_id)))
         with torch.no_grad():
             acc = (model(x).argmax(1) == y).float().mean().item()
         assert acc == pytest.approx(r.data.metrics["test/acc"])
@@ -265,8 +266,10 @@ def check_complete(client: MlflowClient, experiment: str) -> None:
     assert steps == [1, 2, 3, 4, 5, 6]
     assert {"test/acc", "test/f1_macro", "val/best_epoch"} <= set(r.data.metrics)
     files = {a.path for d in ("", "checkpoints", "plots", "metrics") for a in client.list_artifacts(r.info.run_id, d)}
-    assert {"config.yaml", "checkpoints/best.pt", "plots/learning_curves.png",
+    assert {"config.yaml", "plots/learning_curves.png",
             "plots/confusion_matrix.png", "metrics/per_class.csv", "metrics/confusion_matrix.csv"} <= files
+    # the best weights once: checkpoints/best.pt, or (the model logged) the logged model's copy
+    assert ("checkpoints/best.pt" in files) != ("imgexp.best_weights" in r.data.tags)
     assert "checkpoints/last.pt" not in files  # tracking.checkpoints=best: last.pt was there to resume from
 
 

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 from mlflow import MlflowClient
+from mlflow.artifacts import download_artifacts
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -71,7 +72,8 @@ def test_cli_run_logs_everything(workdir):
              for a in client.list_artifacts(r.info.run_id, d)}
     layer = "3"  # small_cnn's first dense layer, the default t-SNE layer
     assert "checkpoints/last.pt" not in files, "tracking.checkpoints=best: last.pt goes once the run FINISHED"
-    assert {"config.yaml", "plots/learning_curves.png", "plots/confusion_matrix.png", "checkpoints/best.pt",
+    assert "checkpoints/best.pt" not in files, "the logged model's weights.pt holds the best weights: stored once"
+    assert {"config.yaml", "plots/learning_curves.png", "plots/confusion_matrix.png",
             "metrics/per_class.csv", "metrics/confusion_matrix.csv", "plots/feature_maps.png",
             "plots/cam/correct_vs_wrong.png", "plots/cam/gradcam_depths.png",
             f"plots/tsne/final_{layer}_2d.png", f"plots/tsne/final_{layer}_3d.png"} <= files
@@ -92,7 +94,15 @@ def test_cli_run_logs_everything(workdir):
     assert per_class["f1"].mean() == pytest.approx(r.data.metrics["test/f1_macro"], abs=1e-6)
     confusion = pd.read_csv(f"{local}/metrics/confusion_matrix.csv", index_col=0)
     assert np.trace(confusion.values) / confusion.values.sum() == pytest.approx(r.data.metrics["test/acc"])
-    state = load(f"{local}/checkpoints/best.pt")
+    model_files = [p for p in (workdir / "mlruns").rglob("*") if p.is_file() and "/models/" in str(p)]
+    weights = [p for p in [*sizes, *model_files] if p.suffix == ".pt"]
+    assert [p.name for p in weights] == ["weights.pt"], "the best weights, stored once"
+    stored = sum(sizes.values()) + sum(p.stat().st_size for p in model_files)
+    assert stored <= 4_000_000, f"{stored / 1e6:.1f} MB stored for a default run"
+    best = download_artifacts(artifact_uri=r.data.tags["imgexp.best_weights"], dst_path=str(workdir / "best"),
+                              tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    assert Path(best).read_bytes() == weights[0].read_bytes()
+    state = load(best)
     model = create_model(OmegaConf.create({"name": "small_cnn"}), DataInfo(1, 8, 8, 10, list("0123456789")))
     model.load_state_dict(state)  # strict: the checkpoint is a full small_cnn state dict
 

@@ -287,3 +287,39 @@ def test_resume_compares_the_config_with_its_masked_record(compose_cfg):
     check_config(state, cfg, "digest", "run r")  # the same config: resumable
     with pytest.raises(ConfigError, match=r"optimizer.lr: 0.001 -> 0.01"):
         check_config(state, compose_cfg(weights, "optimizer.lr=0.01"), "digest", "run r")
+
+
+@pytest.mark.slow
+def test_a_tracking_server_password_reaches_no_console_and_no_file(workdir, tmp_path_factory):
+    """``MLFLOW_TRACKING_URI=http://alice:<password>@...``: a run, a 2-job sweep (its parent and jobs), evaluate
+    and predict print imgexp's own link, masked, and nothing else with the password: MLflow's own "View run ...
+    at: <URI>" lines (printed to stdout when a run ends on a server) are off. Nor is it in any file written."""
+    from PIL import Image
+
+    from test_reliability import Server
+
+    server = Server(tmp_path_factory.mktemp("server"))
+    server.start()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://alice:{SECRET}@127.0.0.1:{server.port}"}
+    env.pop("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", None)
+    Image.new("L", (8, 8), 128).save(workdir / "gray.png")
+
+    def imgexp(*args: str) -> str:
+        proc = subprocess.run([sys.executable, "-m", "imgexp", *args], cwd=workdir, env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert SECRET not in proc.stdout + proc.stderr, args
+        return proc.stdout
+
+    try:
+        out = imgexp(*FAST, "tracking.experiment=secret")
+        assert f"alice:***@127.0.0.1:{server.port}/#/experiments/" in out and "View run" not in out
+        sweep = imgexp("-m", "seed=0,1", *FAST, "tracking.experiment=secret-sweep")
+        assert sweep.count(f"alice:***@127.0.0.1:{server.port}/#/experiments/") >= 3  # 2 jobs, the parent
+        (run,) = MlflowClient(server.uri).search_runs([MlflowClient(server.uri).get_experiment_by_name(
+            "secret").experiment_id])
+        assert f"alice:***@127.0.0.1:{server.port}" in imgexp("evaluate", f"run={run.info.run_id}")
+        imgexp("predict", f"model={run.info.run_id}", f"images={workdir / 'gray.png'}", "output_dir=pred")
+    finally:
+        server.stop()
+    assert leaks(workdir) == [] and leaks(server.folder) == []

@@ -133,6 +133,7 @@ def test_sweep_jobs_draw_light_plots_and_the_best_job_is_analysed_at_the_end(wor
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("imgexp").experiment_id
     parents = client.search_runs([experiment], "tags.`imgexp.role` = 'sweep'", order_by=["start_time ASC"])
+    heavy = {}  # each sweep's best job: its t-SNE, Grad-CAM and feature-map plots
     for parent, light in zip(parents, (False, True)):
         children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
         best = max(children, key=lambda r: r.data.metrics["val/acc_best"])
@@ -141,6 +142,11 @@ def test_sweep_jobs_draw_light_plots_and_the_best_job_is_analysed_at_the_end(wor
             assert {"plots/learning_curves.png", "plots/confusion_matrix.png"} <= plots
             analysed = {"plots/cam", "plots/tsne"} <= plots
             assert analysed == (not light or child.info.run_id == best.info.run_id), (light, plots)
+        heavy[light] = {a.path for d in ("plots", "plots/cam", "plots/tsne")
+                        for a in client.list_artifacts(best.info.run_id, d) if a.path.endswith(".png")} - {
+            "plots/learning_curves.png", "plots/confusion_matrix.png"}
+    # the end-of-sweep analysis is the one a job (or a run) draws with the default analysis: 15 plots here
+    assert heavy[True] == heavy[False] and len(heavy[True]) == 15, heavy
 
 
 def test_a_torchvision_built_for_another_torch_is_one_line_saying_what_to_install(workdir, monkeypatch):
@@ -166,15 +172,27 @@ def test_a_torchvision_built_for_another_torch_is_one_line_saying_what_to_instal
         checked_torchvision()
 
 
-@pytest.mark.parametrize("policy,kept", [("best", {"best.pt"}), ("last", {"last.pt"}), ("both", {"best.pt", "last.pt"}),
-                                         ("none", set())])
-def test_a_finished_run_keeps_the_checkpoints_its_policy_names(workdir, compose_cfg, policy, kept):
+@pytest.mark.parametrize("policy,log_model,kept", [
+    ("best", True, set()), ("last", True, {"last.pt"}), ("both", True, {"last.pt"}), ("none", True, set()),
+    ("best", False, {"best.pt"}), ("both", False, {"best.pt", "last.pt"})])
+def test_a_finished_run_keeps_the_checkpoints_its_policy_names(workdir, compose_cfg, policy, log_model, kept):
+    """best.pt's bytes are the logged model's weights.pt: with the model logged, the run keeps that copy only
+    (tag imgexp.best_weights) and resuming it (tracking.checkpoints=both) takes best.pt from there."""
     from imgexp.run import run
+    from imgexp.tracking.resume import download_checkpoints
 
-    run(compose_cfg("epochs=1", *FAST, f"tracking.checkpoints={policy}"), workdir / "out")
+    run(compose_cfg("epochs=1", *FAST, f"tracking.checkpoints={policy}", f"tracking.log_model={log_model}"),
+        workdir / "out")
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     (r,) = client.search_runs([client.get_experiment_by_name("imgexp").experiment_id])
     assert {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(r.info.run_id, "checkpoints")} == kept
+    assert ("imgexp.best_weights" in r.data.tags) == log_model
+    assert download_checkpoints(client, r.info.run_id, workdir / "staged") == ("last.pt" in kept)
+    if "last.pt" in kept and log_model:
+        (weights,) = (workdir / "mlruns").glob("*/models/*/artifacts/data/classifier/weights.pt")
+        assert (workdir / "staged" / "best.pt").read_bytes() == weights.read_bytes()
+    elif "last.pt" in kept:
+        assert (workdir / "staged" / "best.pt").exists() == ("best.pt" in kept)
 
 
 def test_a_checkpoint_policy_typo_is_one_line(workdir):

@@ -12,10 +12,11 @@ from typing import Optional
 import numpy as np
 
 from imgexp import __version__
-from imgexp.classifier import Classifier, Spec, save
+from imgexp.classifier import WEIGHTS_FILE, Classifier, Spec, save
 from imgexp.config import ConfigError
 from imgexp.errors import describe
-from imgexp.tracking.store import tracking_uri
+from imgexp.redact import mask
+from imgexp.tracking.store import BEST_WEIGHTS_TAG, tracking_uri
 
 log = logging.getLogger(__name__)
 MODEL_NAME = "model"  # the logged model's name: runs:/<run id>/model
@@ -63,6 +64,7 @@ def log_model(uri: str, run_id: str, weights: str | Path, spec: Spec, example: n
                              pip_requirements=requirements(), step=0,
                              metadata={"imgexp_version": __version__, "class_names": spec.class_names})
         client.finalize_logged_model(model.model_id, "READY")
+        client.set_tag(run_id, BEST_WEIGHTS_TAG, mask(f"{model.artifact_location}/data/classifier/{WEIGHTS_FILE}"))
     except Exception as err:  # noqa: BLE001 - a server gone, a full store: the run's results stand
         log.warning("the best model was not logged as an MLflow model (%s); its weights are in the run's "
                     "checkpoints/best.pt", describe(err)[:300])

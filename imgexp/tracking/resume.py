@@ -4,7 +4,6 @@ run id, or ``auto`` (the newest unfinished run with the same config hash). The r
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -19,7 +18,7 @@ from imgexp.config import ConfigError, as_override, differences
 from imgexp.errors import describe
 from imgexp.redact import mask_container
 from imgexp.tracking.liveness import check_resumable, close_lost_runs
-from imgexp.tracking.store import CHECKPOINT_DIR_TAG, CONFIG_HASH_TAG, open_store, tracking_uri
+from imgexp.tracking.store import CHECKPOINT_DIR_TAG, CONFIG_HASH_TAG, download_best_weights, open_store, tracking_uri
 
 log = logging.getLogger(__name__)
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -74,15 +73,16 @@ def from_path(path: Path, dest_dir: Path) -> ResumePoint:
 
 
 def download_checkpoints(client, run_id: str, dest_dir: Path) -> bool:
-    """``checkpoints/last.pt`` (and ``best.pt``) of the run's artifacts into ``dest_dir``; False if none."""
-    names = {os.path.basename(a.path) for a in client.list_artifacts(run_id, "checkpoints")}
-    if "last.pt" not in names:
+    """``checkpoints/last.pt`` (and the best weights: ``best.pt``, or the logged model's copy of it) of the run's
+    artifacts into ``dest_dir``; False if none."""
+    if "checkpoints/last.pt" not in {a.path for a in client.list_artifacts(run_id, "checkpoints")}:
         return False
     dest_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        for name in ("last.pt", "best.pt"):
-            if name in names:
-                shutil.copy2(client.download_artifacts(run_id, f"checkpoints/{name}", tmp), dest_dir / name)
+        shutil.copy2(client.download_artifacts(run_id, "checkpoints/last.pt", tmp), dest_dir / "last.pt")
+        best = download_best_weights(client, run_id, Path(tmp) / "best")
+        if best:
+            shutil.copy2(best, dest_dir / "best.pt")
     return True
 
 

@@ -19,6 +19,9 @@ from imgexp.locks import sqlite_path, store_lock
 from imgexp.redact import mask
 
 log = logging.getLogger(__name__)
+# MLflow prints "View run <name> at: <server URI>/..." to stdout as a run on a server ends, the URI's password in
+# clear and outside logging's masking; imgexp prints its own link, masked (run_location): MLflow's is off
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 # the tags imgexp writes on runs
@@ -32,6 +35,7 @@ HEARTBEAT_TAG = "imgexp.heartbeat"  # Unix seconds, renewed while the run is ope
 SLURM_TAG = "imgexp.slurm_job"  # <job id>[_<array task>]#<restart count>, for runs inside SLURM
 CODE_VERSION_TAG = "imgexp.code_version"  # code_version() of the process that trained the run
 REUSED_FROM_TAG = "imgexp.reused_from"  # on a record of a reused run: the run that was trained (see reuse.py)
+BEST_WEIGHTS_TAG = "imgexp.best_weights"  # the logged model's weights.pt (best.pt's bytes, stored once: see tracker.py)
 REGISTERED_TAG = "imgexp.registered"  # on a run whose model was registered: "<name>/<version>"
 ROLE_TAG = "imgexp.role"  # "sweep" on parent runs, "evaluation" on imgexp.evaluate's runs
 SWEEPER_TAG = "imgexp.sweeper"  # grid | optuna, on parent runs
@@ -65,6 +69,20 @@ def dataset_inputs(records: list[dict]) -> list:
     return [DatasetInput(Dataset(r["name"], r["digest"], "local" if r["source"].startswith("/") else "code",
                                  json.dumps({"uri": mask(r["source"])}), profile=profile(r)),
                          [InputTag("mlflow.data.context", r["split"])]) for r in records]
+
+
+def download_best_weights(client, run_id: str, dst: str | Path) -> Optional[str]:
+    """Run ``run_id``'s best weights (a state dict file) downloaded into folder ``dst``: its logged
+    ``checkpoints/best.pt``, else the copy in its logged MLflow model (tag ``imgexp.best_weights``); None if
+    neither."""
+    if "checkpoints/best.pt" in {a.path for a in client.list_artifacts(run_id, "checkpoints")}:
+        return client.download_artifacts(run_id, "checkpoints/best.pt", str(dst))
+    reference = client.get_run(run_id).data.tags.get(BEST_WEIGHTS_TAG)
+    if reference is None:
+        return None
+    from mlflow.artifacts import download_artifacts
+
+    return download_artifacts(artifact_uri=reference, dst_path=str(dst), tracking_uri=client.tracking_uri)
 
 
 def drop_checkpoints(client, run_id: str, keep) -> None:

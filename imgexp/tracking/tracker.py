@@ -32,6 +32,7 @@ class Tracker:
 
     run_id: Optional[str] = None
     uri: Optional[str] = None  # the tracking store's
+    model_holds_best = False  # whether the run's logged MLflow model holds the best weights (best.pt's bytes)
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None: ...
 
@@ -168,7 +169,9 @@ class MlflowTracker(Tracker):
             log.warning("tracking server %s unreachable: the best model is not logged as an MLflow model; its "
                         "weights are in the run's checkpoints/best.pt", self.uri)
             return None
-        return log_model(self.uri, self.run_id, weights, spec, example)
+        model_uri = log_model(self.uri, self.run_id, weights, spec, example)
+        self.model_holds_best = model_uri is not None
+        return model_uri
 
     def last_logged_epoch(self) -> int:
         history = self.client.get_metric_history(self.run_id, "val/acc")
@@ -279,4 +282,6 @@ def start_run(
     finally:
         heartbeat.stop()
     tracker.end("FINISHED", offline_wait_s)
-    tracker.drop_checkpoints(CHECKPOINT_POLICIES[checkpoints])
+    # the logged model's weights.pt is a copy of best.pt: the run keeps one (its tag imgexp.best_weights says where)
+    tracker.drop_checkpoints(tuple(k for k in CHECKPOINT_POLICIES[checkpoints]
+                                   if not (k == "best" and tracker.model_holds_best)))
