@@ -182,3 +182,20 @@ def validate(cfg: DictConfig) -> None:
             except ConfigError as err:
                 raise ConfigError(f"{key}.{err.key}", err.reason) from None
     OmegaConf.to_object(cfg)  # the root schema checks the top-level keys
+    check_early_stop_metric(cfg)
+
+
+def check_early_stop_metric(cfg: DictConfig) -> None:
+    """``trainer.early_stop_metric`` must be one of the epoch's metrics: the trainer's and the loss's (their
+    schemas' ``EPOCH_METRICS``), checked before training rather than after its first epoch."""
+    from imgexp.errors import closest
+
+    trainer, loss = (OmegaConf.get_type(cfg[key]) if OmegaConf.is_dict(cfg.get(key)) else None
+                     for key in ("trainer", "loss"))
+    known = [*getattr(trainer, "EPOCH_METRICS", ()), *getattr(loss, "EPOCH_METRICS", ())]
+    metric = OmegaConf.select(cfg, "trainer.early_stop_metric")
+    if known and metric not in known:
+        near = closest(str(metric), known)
+        raise ConfigError("trainer.early_stop_metric", f"{metric!r} is not an epoch metric of this run"
+                          + (f" (did you mean {' or '.join(near)}?)" if near else "") + f" (available: "
+                          f"{', '.join(known)})")

@@ -41,6 +41,9 @@ def world_size(cfg: DictConfig) -> int:
     """How many ranks the job runs as, on all its nodes: SLURM's tasks, else ``trainer.devices`` on each of
     ``trainer.nodes``; checks that the ranks can run as asked."""
     world = ranks_asked(cfg) * (cfg.trainer.nodes if slurm_tasks() == 1 else 1)
+    if cfg.batch < world:
+        raise ConfigError("batch", f"{cfg.batch} is the global batch, shared out over the {world} ranks: it must be "
+                                   f"at least {world}")
     if world > 1 and cfg.trainer.sync_bn and (cfg.device == "cpu" or not torch.cuda.is_available()):
         raise ConfigError("trainer.sync_bn", "torch's SyncBatchNorm runs on CUDA only: set it false (or null) on "
                                              "CPUs")

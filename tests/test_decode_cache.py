@@ -137,6 +137,15 @@ def test_a_changed_or_new_file_rebuilds_and_unreadable_files_stay_skipped(compos
     Image.new("RGB", (48, 64), (9, 9, 9)).save(root / "class1" / "new.jpg")
     load(compose_cfg, root, tmp_path / "c")
     assert str(root / "class1" / "new.jpg") in decodes
+    decodes.clear()  # overwritten in place with other pixels, its size and modification time put back
+    path = root / "class0" / "5.jpg"
+    before, content = path.stat(), bytearray(path.read_bytes())
+    content[-3] ^= 0xFF  # a byte of the entropy-coded data: other pixels, the same size
+    path.write_bytes(bytes(content))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    load(compose_cfg, root, tmp_path / "c")
+    assert str(path) in decodes
 
 
 def test_a_full_disk_streams_with_one_line_and_leaves_no_temp_file(compose_cfg, folder, tmp_path, monkeypatch,

@@ -16,6 +16,25 @@ CASES = [
 ]
 
 
+BEFORE_TRAINING = [  # values that only failed once trained (issue 37): one line, and no MLflow run
+    (["tracking.register='bad name/with:chars'"],
+     "tracking.register: Invalid model name 'bad name/with:chars'. Names cannot contain '/' or ':'."),
+    (["batch=1", "trainer.devices=2"], "batch: 1 is the global batch, shared out over the 2 ranks: it must be at "
+                                       "least 2"),
+]
+
+
+@pytest.mark.parametrize("args,line", BEFORE_TRAINING, ids=[" ".join(a) for a, _ in BEFORE_TRAINING])
+def test_a_value_that_failed_after_training_fails_before_it(tmp_path, args, line):
+    from mlflow import MlflowClient
+
+    proc = run_cli(*args, "progress=false", cwd=tmp_path)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [f"imgexp: error: {line}"]
+    if (tmp_path / "mlflow.db").exists():
+        client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
 @pytest.mark.parametrize("args,mentions", CASES, ids=[" ".join(a) for a, _ in CASES])
 def test_one_line_error(tmp_path, args, mentions):
     check_one_line(run_cli(*args, "tracking=none", cwd=tmp_path), tmp_path, mentions)

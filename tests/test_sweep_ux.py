@@ -220,10 +220,25 @@ def test_early_stopping_ends_a_run_whose_metric_stalls(workdir, compose_cfg, cap
     assert any("stopped early after epoch 3" in m for m in messages)
 
 
-def test_early_stopping_on_a_test_metric_is_one_line(workdir):
-    proc = run_cli("trainer.early_stop_patience=3", "trainer.early_stop_metric=test/acc", cwd=workdir)
+AVAILABLE = "(available: val/acc, val/loss, val/acc_best, train/loss, train/acc, train/lr"
+CENTER = "train/center_intra, train/center_inter, train/center_ratio"
+
+
+@pytest.mark.parametrize("metric,loss,line", [
+    ("test/acc", "cross_entropy", f"'test/acc' is not an epoch metric of this run {AVAILABLE})"),
+    ("val/acuracy", "cross_entropy",
+     f"'val/acuracy' is not an epoch metric of this run (did you mean val/acc or val/acc_best?) {AVAILABLE})"),
+    ("train/center_ratio", "cross_entropy", f"'train/center_ratio' is not an epoch metric of this run {AVAILABLE})"),
+    ("train/center_ration", "kmeans_center", "'train/center_ration' is not an epoch metric of this run (did you "
+                                             "mean train/center_ratio or train/center_intra or train/center_inter?) "
+                                             f"{AVAILABLE}, {CENTER})"),
+])
+def test_an_early_stop_metric_no_epoch_logs_is_one_line_before_training(workdir, metric, loss, line):
+    proc = run_cli("trainer.early_stop_patience=3", f"trainer.early_stop_metric={metric}", f"loss={loss}",
+                   cwd=workdir)
     assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
-        "imgexp: error: trainer.early_stop_metric: must be a train/ or val/ metric, got 'test/acc'"]
+        f"imgexp: error: trainer.early_stop_metric: {line}"]
+    assert not (workdir / "mlflow.db").exists(), "stopped before the tracking store was opened"
 
 
 @pytest.mark.slow

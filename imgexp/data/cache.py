@@ -42,11 +42,13 @@ def default_cache_dir() -> Path:
 
 
 def cache_key(files: Files, size: tuple[int, int], channels: int) -> str:
-    """Hash of the file list (paths, sizes, modification times), labels and decode settings."""
+    """Hash of the file list (paths, sizes, modification and status-change times, inodes), labels and decode
+    settings. The status-change time (ctime) moves at every write and cannot be set back, so a file rewritten
+    with its size and mtime kept (``cp -p``, ``touch -r``) is decoded again; a chmod does too, needlessly."""
     h = hashlib.sha1(f"{CACHE_VERSION}|{size}|{channels}|{RESIZE}".encode())
     for path, label in zip(files.paths, files.y.tolist()):
         st = os.stat(path)
-        h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}|{label}\n".encode())
+        h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}|{label}\n".encode())
     return h.hexdigest()
 
 

@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 from omegaconf import MISSING
 
 from imgexp.config import require
 
-
 @dataclass
 class LossConfig:
     _target_: str = MISSING
+    EPOCH_METRICS: ClassVar[tuple[str, ...]] = ()  # what the loss adds to each epoch's metrics
 
 
 @dataclass
@@ -28,6 +28,7 @@ class KMeansCenterConfig(LossConfig):
     """Report D's K-means center loss (imgexp/losses/kmeans_center.py)."""
 
     _target_: str = "imgexp.losses.kmeans_center.KMeansCenterLoss"
+    EPOCH_METRICS: ClassVar[tuple[str, ...]] = ("train/center_intra", "train/center_inter", "train/center_ratio")
     lambda_intra: float = 0.1
     lambda_inter: float = 0.1
     margin: float = 1.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from imgexp.config import require_choice
+from imgexp.config import ConfigError, require_choice
 
 CHECKPOINTS = ("best", "last", "both", "none")  # tracking.checkpoints: see imgexp.tracking.tracker.start_run
 
@@ -26,6 +26,14 @@ class TrackingConfig:
 
     def __post_init__(self) -> None:
         require_choice(self.checkpoints, CHECKPOINTS, "checkpoints")
+        if self.register is not None:  # MLflow's own rules, before training rather than at its end
+            from mlflow.exceptions import MlflowException
+            from mlflow.utils.validation import _validate_model_name
+
+            try:
+                _validate_model_name(self.register)
+            except MlflowException as err:
+                raise ConfigError("register", err.message) from None
 
 
 SCHEMAS = {"tracking": {"base": TrackingConfig}}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 from imgexp.config import require, require_choice
 
@@ -14,6 +14,10 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 @dataclass
 class TrainerConfig:
     """How the training engine runs: numerics, memory format, compilation, clipping, EMA, warmup."""
+
+    # each epoch's metrics (imgexp.train.trainer), besides the loss's, which early_stop_metric may watch
+    EPOCH_METRICS: ClassVar[tuple[str, ...]] = ("val/acc", "val/loss", "val/acc_best", "train/loss", "train/acc",
+                                                "train/lr")
 
     precision: str = "fp32"  # fp32 | bf16 (autocast; CPU or GPU) | fp16 (autocast + GradScaler; CUDA only)
     channels_last: Optional[bool] = None  # NHWC memory format for conv nets; null: where it is faster (CPU, and
@@ -41,8 +45,6 @@ class TrainerConfig:
         require(not (self.warmup_epochs and self.warmup_steps), "warmup_steps",
                 "give warmup_epochs or warmup_steps, not both")
         require(self.early_stop_patience >= 0, "early_stop_patience", "must be >= 0")
-        require(self.early_stop_metric.startswith(("train/", "val/")), "early_stop_metric",
-                f"must be a train/ or val/ metric, got {self.early_stop_metric!r}")
         require(self.devices == "auto" or (self.devices.isdigit() and int(self.devices) >= 1), "devices",
                 f"must be a number >= 1 or auto, got {self.devices!r}")
         require(self.nodes >= 1, "nodes", f"must be >= 1, got {self.nodes}")
