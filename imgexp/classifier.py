@@ -47,6 +47,16 @@ class Spec:
         return cls(**{**raw, "size": tuple(raw["size"]), "stored": tuple(raw["stored"])})
 
 
+def literal(value):
+    """``value`` (a spec's ``model``, saved resolved) with every ``${`` escaped: OmegaConf reads it as written,
+    never resolving an interpolation (``${oc.env:SECRET}`` would put the variable's value in an error line)."""
+    if isinstance(value, dict):
+        return {k: literal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [literal(v) for v in value]
+    return value.replace("${", "\\${") if isinstance(value, str) else value
+
+
 def save(folder: str | Path, weights: str | Path, spec: Spec) -> Path:
     """Write the classifier folder: ``weights`` (a state dict file, copied) and the spec."""
     folder = Path(folder)
@@ -87,7 +97,7 @@ class Classifier:
         self.spec = spec = Spec.read(folder)
         self.device = torch.device(device)
         info = DataInfo(spec.channels, spec.size[0], spec.size[1], len(spec.class_names), spec.class_names)
-        self.model = create_model(OmegaConf.create(spec.model), info)
+        self.model = create_model(OmegaConf.create(literal(spec.model)), info)
         self.model.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True))
         self.model.to(self.device).eval()
         self.mean = torch.tensor(spec.mean, device=self.device).view(1, -1, 1, 1)

@@ -3,6 +3,7 @@ inputs, ``python -m imgexp.predict`` on image files and ``python -m imgexp.evalu
 from __future__ import annotations
 
 import csv
+import json
 import io
 import logging
 import shutil
@@ -310,3 +311,20 @@ def test_runs_started_together_log_their_shared_dataset_again_after_the_race():
     with pytest.raises(RuntimeError, match="no such table"):
         log_inputs(broken, "r", rows)
     assert broken.calls == 1
+
+
+def test_an_interpolation_in_a_models_spec_is_read_as_written(digits_run, workdir, monkeypatch):
+    """A spec is saved resolved: a ``${oc.env:...}`` in it (an edited or a hostile file) stays text, and the
+    variable's value reaches no error line."""
+    _, run_id = digits_run
+    folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(workdir / "m"),
+                                                      tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}"))
+    spec_file = folder / "data" / "classifier" / "imgexp_model.json"
+    spec = json.loads(spec_file.read_text())
+    spec["model"]["name"] = "${oc.env:IMGEXP_TEST_SECRET}"
+    spec_file.write_text(json.dumps(spec))
+    monkeypatch.setenv("IMGEXP_TEST_SECRET", "the-value")
+    write_image(workdir / "one.png", 1, size=8, mode="L")
+    out = run_cli("predict", f"model={folder}", f"images={workdir / 'one.png'}", cwd=workdir)
+    assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "${oc.env:IMGEXP_TEST_SECRET}" in out.stderr and "the-value" not in out.stdout + out.stderr
