@@ -100,6 +100,8 @@ def evaluate(cfg: EvaluateConfig, data_node: Optional[DictConfig], output_dir: s
     name = f"evaluate {trained_run.info.run_name} on {data_cfg.name} {cfg.split}"
     tags = {EVALUATED_TAG: run_id, ROLE_TAG: "evaluation", "imgexp.model": spec.model["name"],
             "imgexp.data": data_cfg.name}
+    if trained_run.info.lifecycle_stage == "deleted":  # the run's description in MLflow's UI
+        tags["mlflow.note.content"] = f"Evaluates the model of run {run_id}, which is deleted in MLflow."
     with start_run(True, uri, experiment, name, params, tags, spool_dir=Path(output_dir) / "mlflow_spool") as tracker:
         split = {"test": 2, "val": 1}[cfg.split]
         tracker.log_datasets([data.records[split]])

@@ -328,3 +328,20 @@ def test_an_interpolation_in_a_models_spec_is_read_as_written(digits_run, workdi
     out = run_cli("predict", f"model={folder}", f"images={workdir / 'one.png'}", cwd=workdir)
     assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert "${oc.env:IMGEXP_TEST_SECRET}" in out.stderr and "the-value" not in out.stdout + out.stderr
+
+
+def test_predict_and_evaluate_of_a_deleted_runs_model_say_it_is_deleted(digits_run, client, workdir):
+    _, run_id = digits_run
+    client.delete_run(run_id)
+    write_image(workdir / "one.png", 1, size=8, mode="L")
+    warning = f"the model's run {run_id} (small_cnn-digits) is deleted in MLflow"
+    out = run_cli("predict", f"model={run_id}", f"images={workdir / 'one.png'}", "output_dir=pred", cwd=workdir)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (out.stdout + out.stderr).count(warning) == 1
+    out = run_cli("evaluate", f"run={run_id}", cwd=workdir)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (out.stdout + out.stderr).count(warning) == 1
+    (evaluation,) = client.search_runs([client.get_run(run_id).info.experiment_id],
+                                       f"tags.`{EVALUATED_TAG}` = '{run_id}'")
+    assert evaluation.data.tags["mlflow.note.content"] == (f"Evaluates the model of run {run_id}, which is deleted "
+                                                           "in MLflow.")

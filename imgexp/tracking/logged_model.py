@@ -112,4 +112,22 @@ def model_folder(reference: str, uri: Optional[str], dst: str | Path, key: str =
 def load_classifier(reference: str, uri: Optional[str], device: str = "cpu") -> Classifier:
     """:class:`Classifier` of ``reference`` (see :func:`model_folder`), on ``device``."""
     with tempfile.TemporaryDirectory() as tmp:
-        return Classifier(model_folder(reference, uri, tmp), device)
+        classifier = Classifier(model_folder(reference, uri, tmp), device)
+    import mlflow
+
+    try:
+        run = mlflow.MlflowClient(tracking_uri(uri)).get_run(classifier.spec.run_id)
+    except Exception:  # noqa: BLE001 - a model folder whose run is in another store, or none
+        return classifier
+    warn_if_deleted(run)
+    return classifier
+
+
+def warn_if_deleted(run) -> bool:
+    """Whether ``run`` (whose model is used) is deleted in MLflow; one warning naming it if so."""
+    if run.info.lifecycle_stage != "deleted":
+        return False
+    log.warning("the model's run %s (%s) is deleted in MLflow: its model loads until the store is cleaned "
+                "(mlflow gc); mlflow runs restore --run-id %s brings it back", run.info.run_id, run.info.run_name,
+                run.info.run_id)
+    return True

@@ -15,7 +15,7 @@ from imgexp import data as data_lib
 from imgexp.classifier import Classifier, Spec
 from imgexp.config import ConfigError
 from imgexp.redact import mask
-from imgexp.tracking.logged_model import model_folder
+from imgexp.tracking.logged_model import model_folder, warn_if_deleted
 
 
 @dataclass
@@ -62,6 +62,7 @@ def rebuild(client, uri: str, reference: str, device: torch.device, data_node: O
         run = client.get_run(run_id)
     except Exception:  # noqa: BLE001 - a model folder or URI whose run is in another store
         raise ConfigError(key, f"the model's run {run_id} is not in {mask(uri)}") from None
+    warn_if_deleted(run)
     config = trained_config(client, run_id)
     data_cfg = prepared(data_node if data_node is not None else config.data, classifier.spec)
     data = data_lib.build(data_cfg, OmegaConf.structured(AugmentationConfig()),
