@@ -8,6 +8,7 @@ import re
 import statistics
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -343,7 +344,8 @@ def test_statistics_match_scipy_on_the_logged_values(tmp_path):
         v = np.array(list(logged[m].values()))
         low, high = stats.t.interval(0.95, len(v) - 1, loc=v.mean(), scale=stats.sem(v))
         assert (table.loc[m, "mean"], table.loc[m, "n"]) == (pytest.approx(v.mean()), len(v))
-        assert (table.loc[m, "ci_low"], table.loc[m, "ci_high"]) == (pytest.approx(low), pytest.approx(high))
+        assert (table.loc[m, "ci_low"], table.loc[m, "ci_high"]) == (pytest.approx(max(low, 0)),
+                                                                      pytest.approx(min(high, 1)))  # an accuracy
     d = np.array([logged["b"][s] - logged["a"][s] for s in range(5)])
     paired = stats.ttest_rel([logged["b"][s] for s in range(5)], [logged["a"][s] for s in range(5)]).pvalue
     exact = stats.permutation_test((d,), np.mean, permutation_type="samples", n_resamples=np.inf).pvalue
@@ -515,3 +517,65 @@ def test_report_shows_a_studys_optuna_plots(tmp_path, sweeps_uri, sweeper):
     assert re.findall(r'<a href="([^"]+)">', study) == ["optuna/optimization_history.png",
                                                         "optuna/param_importances.png"]  # Optuna's order
     assert all(s.startswith("data:image/png;base64,") for s in re.findall(r'src="([^"]*)"', study))  # inline
+
+
+def test_an_accuracys_interval_stays_within_0_and_1(tmp_path):
+    table, _ = compare_stats(tmp_path, {"a": [(0, 0.99), (1, 1.0), (2, 0.97)]})
+    low, high = stats.t.interval(0.95, 2, loc=statistics.mean([0.99, 1.0, 0.97]),
+                                 scale=stats.sem([0.99, 1.0, 0.97]))
+    assert high > 1 and (table.loc["a", "ci_low"], table.loc["a", "ci_high"]) == (pytest.approx(low), 1.0)
+
+
+def test_evaluations_and_the_analysis_choice_make_no_column(tmp_path):
+    """Two seeds of one training config, one drawn with analysis=default and one with analysis=none, and an
+    imgexp.evaluate run of the first (data.channels 1, as evaluate records it, the runs' None): one column of 2
+    runs; the evaluation counts when asked."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("evaluated")
+    runs = [({"seed": "0", "analysis.name": "default", "analysis.points": "1000", "data.channels": "None"}, {}, 0.90),
+            ({"seed": "1", "analysis.name": "none", "analysis.points": "0", "data.channels": "None"}, {}, 0.92),
+            ({"seed": "0", "analysis.name": "default", "analysis.points": "1000", "data.channels": "1"},
+             {"imgexp.role": "evaluation"}, 0.90)]
+    for params, tags, acc in runs:
+        run_id = client.create_run(experiment, tags=tags).info.run_id
+        for key, value in {"model.name": "small_cnn", **params}.items():
+            client.log_param(run_id, key, value)
+        client.log_metric(run_id, "test/acc", acc)
+        client.set_terminated(run_id, "FINISHED")
+    overrides = [f"tracking_uri={uri}", "experiment=evaluated", "metrics=[test/acc]"]
+    compare(settings(*overrides), tmp_path / "out")
+    table = pd.read_csv(tmp_path / "out" / "table.csv").set_index("column")
+    assert list(table.index) == ["small_cnn"] and table.loc["small_cnn", "n"] == 2
+    compare(settings(*overrides, "evaluations=true"), tmp_path / "with")
+    table = pd.read_csv(tmp_path / "with" / "table.csv")
+    assert table.n.sum() == 3 and len(table) == 2  # the evaluation's data.channels sets it apart
+
+
+def test_latest_sweep_with_a_baseline_is_the_latest_that_has_it(tmp_path):
+    """The README's order: a grid over models, then an Optuna study over the learning rate. ``sweep=latest
+    baseline=small_cnn`` compares the grid (the study has no small_cnn column); without a baseline, the study."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("readme")
+    children = {"grid": [("small_cnn", "0.001", s) for s in "01"] + [("lenet", "0.001", s) for s in "01"],
+                "optuna": [("small_cnn", lr, "0") for lr in ("0.01", "0.0001")]}
+    for sweep, runs in children.items():
+        parent = client.create_run(experiment, tags={"imgexp.role": "sweep", "imgexp.sweep_id": sweep}).info.run_id
+        client.set_terminated(parent, "FINISHED")
+        for model, lr, seed in runs:
+            run_id = client.create_run(experiment, tags={"mlflow.parentRunId": parent,
+                                                         "imgexp.sweep_id": sweep}).info.run_id
+            for key, value in {"model.name": model, "optimizer.lr": lr, "seed": seed}.items():
+                client.log_param(run_id, key, value)
+            client.log_metric(run_id, "test/acc", 0.9 if model == "small_cnn" else 0.5)
+            client.set_terminated(run_id, "FINISHED")
+        time.sleep(0.01)  # the study starts after the grid
+    markdown = compare(settings(f"tracking_uri={uri}", "sweep=latest", "baseline=small_cnn", "metrics=[test/acc]"),
+                       tmp_path / "out")
+    assert "; baseline" in markdown
+    assert list(pd.read_csv(tmp_path / "out" / "table.csv").column) == ["small_cnn", "lenet"]
+    compare(settings(f"tracking_uri={uri}", "sweep=latest", "metrics=[test/acc]"), tmp_path / "study")
+    assert sorted(pd.read_csv(tmp_path / "study" / "table.csv").column.astype(str)) == ["0.0001", "0.01"]
+    with pytest.raises(ConfigError, match="baseline: no sweep has a column 'resnet18'"):
+        compare(settings(f"tracking_uri={uri}", "sweep=latest", "baseline=resnet18"), tmp_path / "none")

@@ -32,6 +32,7 @@ class CompareConfig:
     sweep: Optional[str] = None  # a parent run id, an imgexp.sweep_id tag value, or "latest"
     tags: Any = None  # {tag: value}: runs carrying all of these tags
     filter: Optional[str] = None  # an MLflow filter string, e.g. "params.epochs = '30'"
+    evaluations: bool = False  # count imgexp.evaluate's runs too (or tags={imgexp.role: evaluation})
     columns: Any = None  # a config key or a list of keys (one column per combination); None: the varying ones
     metrics: List[str] = field(default_factory=lambda: list(REPORT_B))  # the rows
     labels: Dict[str, str] = field(default_factory=lambda: dict(REPORT_B))  # metric -> row label

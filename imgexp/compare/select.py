@@ -17,6 +17,9 @@ from imgexp.config import UNHASHED_KEYS, ConfigError, as_list
 from imgexp.tracking.store import ERROR_TAG, REUSED_FROM_TAG, ROLE_TAG, STATUS_TAG, SWEEP_ID_TAG, tracking_uri
 
 
+NOT_RESULTS = ("analysis",)  # config keys that change a run's plots, not its metrics
+
+
 @dataclass
 class Selection:
     """The selected runs, oldest first: MLflow's columns plus ``column`` (label), one column per key
@@ -67,20 +70,22 @@ def search(ids: list[str], filter_string: str = "", **kwargs) -> pd.DataFrame:
                               filter_string=filter_string, **kwargs)
 
 
-def find_parent(client: MlflowClient, ids: list[str], sweep: str) -> Run:
-    """The parent run of ``sweep``: the newest one for ``latest``, else a run id or an imgexp.sweep_id."""
+def find_parents(client: MlflowClient, ids: list[str], sweep: str) -> list[Run]:
+    """The parent run of ``sweep`` (a run id or an imgexp.sweep_id), or for ``latest`` every sweep's, newest
+    first."""
     parents = f"tags.`{ROLE_TAG}` = 'sweep'"
     if sweep != "latest":
         try:
-            return client.get_run(sweep)
+            return [client.get_run(sweep)]
         except MlflowException:
             parents += f" and tags.`{SWEEP_ID_TAG}` = {quoted(sweep)}"
-    found = search(ids, parents, order_by=["attributes.start_time DESC"], max_results=1)
+    found = search(ids, parents, order_by=["attributes.start_time DESC"], max_results=1 if sweep != "latest"
+                   else 1000)
     if found.empty:
         what = f"no sweep parent run (tag {ROLE_TAG}=sweep)" if sweep == "latest" else \
             f"no run id or {SWEEP_ID_TAG} {sweep!r}"
         raise ConfigError("sweep", what)
-    return client.get_run(found.run_id.iloc[0])
+    return [client.get_run(run_id) for run_id in found.run_id]
 
 
 def key_values(runs: pd.DataFrame, key: str) -> pd.Series:
@@ -107,6 +112,7 @@ def excluded(run: pd.Series) -> Optional[str]:
 
 
 def select(cfg: CompareConfig) -> Selection:
+    """The runs ``cfg`` selects. ``sweep=latest`` with a ``baseline`` column: the latest sweep that has it."""
     uri = tracking_uri(cfg.tracking_uri)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         raise ConfigError("tracking_uri", f"no MLflow store at {uri} (run from the directory holding mlflow.db, "
@@ -114,10 +120,27 @@ def select(cfg: CompareConfig) -> Selection:
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     ids = experiment_ids(client, [str(e) for e in as_list(cfg.experiment)])
+    if not cfg.sweep:
+        return select_in(cfg, client, uri, ids, None)
+    parents = find_parents(client, ids, cfg.sweep)
+    if cfg.sweep != "latest" or cfg.baseline in (None, "best"):
+        return select_in(cfg, client, uri, ids, parents[0])
+    for parent in parents:
+        try:
+            selection = select_in(cfg, client, uri, ids, parent)
+        except LookupError:
+            continue
+        if cfg.baseline in selection.columns:
+            return selection
+    raise ConfigError("baseline", f"no sweep has a column {cfg.baseline!r} (sweep=latest looked at "
+                                  f"{len(parents)}; name one with sweep=<parent run id>)")
+
+
+def select_in(cfg: CompareConfig, client: MlflowClient, uri: str, ids: list[str], parent: Optional[Run]) -> Selection:
+    """The runs ``cfg`` selects among ``parent``'s children (any run, without one)."""
     filters = [cfg.filter] if cfg.filter else []
     tags = cfg.tags or {}
     filters += [f"tags.`{k}` = {quoted(v)}" for k, v in tags.items()]
-    parent = find_parent(client, ids, cfg.sweep) if cfg.sweep else None
     if parent is not None:
         filters.append(f"tags.`mlflow.parentRunId` = {quoted(parent.info.run_id)}")
     described = [f"experiment={','.join(as_list(cfg.experiment))}"] if cfg.experiment else []
@@ -127,8 +150,9 @@ def select(cfg: CompareConfig) -> Selection:
     description = f"{', '.join(described) or 'all experiments'} in {uri}"
 
     runs = search(ids, " and ".join(filters), order_by=["attributes.start_time ASC"])
-    if f"tags.{ROLE_TAG}" in runs:
-        runs = runs[runs[f"tags.{ROLE_TAG}"] != "sweep"]
+    if f"tags.{ROLE_TAG}" in runs:  # no sweep parents; evaluations (imgexp.evaluate's) only when asked
+        left_out = ("sweep",) if cfg.evaluations or tags.get(ROLE_TAG) == "evaluation" else ("sweep", "evaluation")
+        runs = runs[~runs[f"tags.{ROLE_TAG}"].isin(left_out)]
     if runs.empty:
         raise LookupError(f"no runs match {description}")
     runs = once(runs).reset_index(drop=True)
@@ -163,8 +187,9 @@ def labels(runs: pd.DataFrame, keys: list[str]) -> pd.Series:
 
 def settings(runs: pd.DataFrame) -> list[str]:
     """The config keys (params) whose values differ between the runs, other than the seed and the keys
-    that cannot change a result (``imgexp.config.UNHASHED_KEYS``): what makes two runs different settings."""
-    ignored = ("seed", *UNHASHED_KEYS)
+    that cannot change a result (``imgexp.config.UNHASHED_KEYS``, and :data:`NOT_RESULTS`): what makes two runs
+    different settings."""
+    ignored = ("seed", *UNHASHED_KEYS, *NOT_RESULTS)
     params = [c.removeprefix("params.") for c in runs if c.startswith("params.")]
     return [p for p in params if not any(p == k or p.startswith(f"{k}.") for k in ignored)
             and runs[f"params.{p}"].nunique() > 1]  # a run that does not record a key does not differ in it

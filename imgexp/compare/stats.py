@@ -19,6 +19,11 @@ EXACT_MAX = 14  # pairs: up to this many, the sign-flip test tries all 2^n flips
 RANDOM_FLIPS = 9999
 
 
+def fraction(metric: str) -> bool:
+    """Whether ``metric`` is an accuracy, a top-k accuracy or an F1 score: between 0 and 1, as its interval."""
+    return metric.rsplit("/", 1)[-1].startswith(("acc", "top", "f1"))
+
+
 def mean_ci(values) -> tuple[float, float]:
     """t-based 95% confidence interval of the mean; NaN for fewer than 2 values."""
     v = np.asarray(values, dtype=float)

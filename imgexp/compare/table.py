@@ -11,7 +11,7 @@ from typing import Optional
 import pandas as pd
 
 from imgexp.compare.select import Selection
-from imgexp.compare.stats import EXACT_MAX, MIN_RUNS, RANDOM_FLIPS, SMALL_N, difference, holm, mean_ci
+from imgexp.compare.stats import EXACT_MAX, MIN_RUNS, RANDOM_FLIPS, SMALL_N, difference, fraction, holm, mean_ci
 from imgexp.config import ConfigError
 
 
@@ -114,6 +114,9 @@ class Table:
                             runs=("runs", "sum")).reindex(cells)
         ci = counted.value.apply(lambda v: pd.Series(mean_ci(v), index=["ci_low", "ci_high"])).unstack()
         stats = stats.join(ci.reindex(cells)) if len(ci.columns) else stats.assign(ci_low=math.nan, ci_high=math.nan)
+        bounded = stats.index.get_level_values("metric").map(fraction).to_numpy(bool)  # a t interval knows no bound
+        stats.loc[bounded, "ci_low"] = stats.loc[bounded, "ci_low"].clip(lower=0.0)
+        stats.loc[bounded, "ci_high"] = stats.loc[bounded, "ci_high"].clip(upper=1.0)
         stats["n"] = stats.n.fillna(0).astype(int)
         stats["repeats"] = (stats.runs.fillna(0) - stats.n).astype(int)
         stats["missing"] = [None if n else why_missing(sel, column) for (_, column), n in zip(stats.index, stats.n)]
