@@ -66,10 +66,11 @@ def save(folder: str | Path, weights: str | Path, spec: Spec) -> Path:
     return folder
 
 
-def to_batch(images: Union[Image, Sequence[Image]]) -> list[torch.Tensor]:
-    """Images as a list of (C, H, W) tensors, dtype and channels as given."""
+def to_batch(images: Union[Image, Sequence[Image]], channels: int = 3) -> list[torch.Tensor]:
+    """Images as a list of (C, H, W) tensors, dtype and channels as given. An array of 3 dimensions is a batch
+    (N, H, W) for a model of ``channels`` 1, else a batch only if its last is not a channel count."""
     if isinstance(images, (np.ndarray, torch.Tensor)) and images.dtype != object and images.ndim in (3, 4) and (
-            images.ndim == 4 or images.shape[-1] not in (1, 3, 4)):
+            images.ndim == 4 or channels == 1 or images.shape[-1] not in (1, 3, 4)):
         images = list(images)  # a batch (N, H, W, C) or (N, H, W)
     elif isinstance(images, (np.ndarray, torch.Tensor)) and images.dtype != object:
         images = [images]
@@ -134,7 +135,7 @@ class Classifier:
 
     def predict(self, images: Union[Image, Sequence[Image]], batch: int = 256):
         """A pandas DataFrame: ``class``, ``probability`` and one ``prob_<class>`` column per class."""
-        items = to_batch(images)
+        items = to_batch(images, self.spec.channels)
         if not items:
             return probability_table(torch.empty(0, len(self.class_names)), self.class_names)
         probs = torch.cat([self.probabilities(self.stack(items[i:i + batch]), batch)

@@ -48,10 +48,12 @@ def classifier_spec(cfg: DictConfig, data: data_lib.Data, run_id: Optional[str])
 
 
 def input_example(data: data_lib.Data, n: int = 2) -> np.ndarray:
-    """The first ``n`` test images as the model sees them, un-normalized: uint8 (n, H, W, C)."""
+    """The first ``n`` test images as the model sees them, un-normalized: uint8 (n, H, W, C), (n, H, W) for
+    1 channel (see :func:`imgexp.tracking.logged_model.signature`)."""
     x, _ = next(iter(data.test))
     mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (data.preprocessing.mean, data.preprocessing.std))
-    return (x[:n].float().cpu() * std + mean).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    images = (x[:n].float().cpu() * std + mean).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    return images[..., 0] if images.shape[-1] == 1 else images
 
 
 def report(cfg: DictConfig, job: Job, tracker: Tracker, result, sample) -> dict[str, float]:

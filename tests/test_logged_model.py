@@ -58,7 +58,7 @@ def test_a_run_logs_its_best_model_with_signature_example_and_registration(digit
 
     info = mlflow.models.get_model_info(f"runs:/{run_id}/model")
     assert info.signature.inputs.to_dict() == [{"type": "tensor", "tensor-spec": {"dtype": "uint8",
-                                                                                  "shape": (-1, -1, -1, 1)}}]
+                                                                                  "shape": (-1, -1, -1)}}]
     assert [c["name"] for c in info.signature.outputs.to_dict()][:3] == ["class", "probability", "prob_0"]
     assert info.saved_input_example_info["type"] == "ndarray"
     pyfunc = info.flavors["python_function"]
@@ -77,7 +77,7 @@ def test_pyfunc_predicts_the_runs_own_test_classes(digits_run, client, tmp_path)
     predictions give the run's logged confusion matrix and test/acc."""
     cfg, run_id = digits_run
     test = split(load_source(cfg.data), cfg.data)[2]  # the run's test split, uint8 (N, 1, 8, 8)
-    images = test.x.permute(0, 2, 3, 1).numpy()
+    images = test.x[:, 0].numpy()  # a stack of gray images: (N, H, W)
     model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
     predicted = model.predict(images)
     assert list(predicted.columns[:2]) == ["class", "probability"] and len(predicted) == len(images)
@@ -91,11 +91,17 @@ def test_pyfunc_predicts_the_runs_own_test_classes(digits_run, client, tmp_path)
     assert np.mean(predicted["class"].to_numpy() == np.array(truth)) == client.get_run(run_id).data.metrics["test/acc"]
     # float images in 0..1, and images of several sizes, as a ragged (object) array
     mixed = np.empty(3, dtype=object)
-    mixed[:] = [images[0].astype(np.float32) / 255, images[1], np.kron(images[2], np.ones((3, 3, 1), np.uint8))]
+    mixed[:] = [images[0].astype(np.float32) / 255, images[1][..., None],
+                np.kron(images[2], np.ones((3, 3), np.uint8))]
     again = model.predict(mixed)
     assert again["class"].tolist()[:2] == predicted["class"].tolist()[:2]
     assert abs(again["probability"][0] - predicted["probability"][0]) < 1e-5
     assert model.predict(images[:0]).empty  # no image: an empty table, not an error
+    # (N, H, W, 1) through imgexp's own Classifier (MLflow's schema takes a 1-channel model's images as (N, H, W))
+    from imgexp.tracking.logged_model import load_classifier
+
+    ours = load_classifier(run_id, client.tracking_uri).predict(images[..., None])
+    assert ours["class"].tolist() == predicted["class"].tolist()
 
 
 def test_a_run_logs_its_three_splits_as_datasets(digits_run, client, workdir, compose_cfg):

@@ -31,14 +31,16 @@ def requirements() -> list[str]:
             f"torchvision=={torchvision.__version__.split('+')[0]}", "numpy", "pandas"]
 
 
-def signature(spec: Spec, example: np.ndarray):
-    """Input: uint8 images (N, H, W, C), any H and W; output: class, probability, one prob_<class> each."""
+def signature(spec: Spec):
+    """Input: uint8 images (N, H, W, C), or (N, H, W) for a 1-channel model (a stack of gray images), any H and
+    W; output: class, probability, one prob_<class> each."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema, TensorSpec
 
     outputs = [ColSpec("string", "class"), ColSpec("double", "probability")]
     outputs += [ColSpec("double", f"prob_{n}") for n in spec.class_names]
-    return ModelSignature(Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, example.shape[-1]))]), Schema(outputs))
+    shape = (-1, -1, -1) if spec.channels == 1 else (-1, -1, -1, spec.channels)
+    return ModelSignature(Schema([TensorSpec(np.dtype(np.uint8), shape)]), Schema(outputs))
 
 
 def log_model(uri: str, run_id: str, weights: str | Path, spec: Spec, example: np.ndarray) -> Optional[str]:
@@ -60,7 +62,7 @@ def log_model(uri: str, run_id: str, weights: str | Path, spec: Spec, example: n
             data = save(Path(tmp) / "classifier", weights, spec)
             info = Model.log(artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id,
                              model_id=model.model_id, loader_module="imgexp.classifier", data_path=str(data),
-                             signature=signature(spec, example), input_example=example,
+                             signature=signature(spec), input_example=example,
                              pip_requirements=requirements(), step=0,
                              metadata={"imgexp_version": __version__, "class_names": spec.class_names})
         client.finalize_logged_model(model.model_id, "READY")
