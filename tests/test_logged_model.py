@@ -6,6 +6,7 @@ import csv
 import json
 import io
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -351,3 +352,44 @@ def test_predict_and_evaluate_of_a_deleted_runs_model_say_it_is_deleted(digits_r
                                        f"tags.`{EVALUATED_TAG}` = '{run_id}'")
     assert evaluation.data.tags["mlflow.note.content"] == (f"Evaluates the model of run {run_id}, which is deleted "
                                                            "in MLflow.")
+
+
+PREDICT_IN_VENV = """
+import importlib.util, sys
+import numpy as np
+import mlflow.pyfunc
+assert importlib.util.find_spec("imgexp") is None, "imgexp is installed here"
+model = mlflow.pyfunc.load_model(sys.argv[1])
+images, truth = np.load(sys.argv[2]), np.load(sys.argv[3])
+predicted = model.predict(images)["class"].astype(int).to_numpy()
+print("acc", repr(float(np.mean(predicted == truth))))
+"""
+
+
+@pytest.mark.slow
+def test_the_logged_model_loads_in_a_venv_of_its_own_requirements_alone(digits_run, client, tmp_path):
+    """What ``mlflow models serve --env-manager virtualenv`` or a Dockerfile from ``generate-dockerfile`` does:
+    a fresh venv, ``pip install -r`` the model's requirements.txt (no imgexp: it travels as the model's code),
+    then MLflow loads the model and it scores the run's test/acc on the run's test images."""
+    import subprocess
+    import sys
+
+    cfg, run_id = digits_run
+    folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path / "model")))
+    requirements = (folder / "requirements.txt").read_text().split()
+    assert not [r for r in requirements if r.startswith("imgexp")] and (folder / "code" / "imgexp").is_dir()
+    test = split(load_source(cfg.data), cfg.data)[2]
+    np.save(tmp_path / "x.npy", test.x[:, 0].numpy())
+    np.save(tmp_path / "y.npy", test.y.numpy())
+    (tmp_path / "predict.py").write_text(PREDICT_IN_VENV)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "-r", str(folder / "requirements.txt")],
+                         capture_output=True, text=True, timeout=900)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    done = subprocess.run([str(venv / "bin" / "python"), str(tmp_path / "predict.py"), str(folder),
+                           str(tmp_path / "x.npy"), str(tmp_path / "y.npy")], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path, env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    accuracy = float(done.stdout.split("acc ")[-1])
+    assert accuracy == client.get_run(run_id).data.metrics["test/acc"]

@@ -22,13 +22,34 @@ log = logging.getLogger(__name__)
 MODEL_NAME = "model"  # the logged model's name: runs:/<run id>/model
 
 
-def requirements() -> list[str]:
-    """What loading the model needs (given, so that MLflow does not infer it by loading the model)."""
-    import torch
-    import torchvision
+# The modules the loader (imgexp.classifier) imports, shipped as the model's code: it loads where imgexp is not
+# installed (tests/test_logged_model.py loads it in a venv of the model's requirements alone)
+LOADER_CODE = ("__init__.py", "classifier.py", "config.py", "locks.py", "runtime.py", "data", "models")
+LOADER_PACKAGES = ("torch", "torchvision", "numpy", "pandas", "pillow", "omegaconf", "hydra-core", "tqdm")  # theirs
 
-    return [f"imgexp=={__version__}", f"torch=={torch.__version__.split('+')[0]}",
-            f"torchvision=={torchvision.__version__.split('+')[0]}", "numpy", "pandas"]
+
+def requirements() -> list[str]:
+    """What loading the model needs, pinned to this environment's versions (given, so that MLflow does not
+    infer them by loading the model); imgexp itself travels as the model's code (:func:`loader_code`)."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name).split('+')[0]}" for name in LOADER_PACKAGES]
+
+
+def loader_code(folder: Path) -> Path:
+    """``folder/imgexp``: a copy of :data:`LOADER_CODE` (Python files only), for MLflow's ``code_paths``."""
+    import shutil
+
+    import imgexp
+
+    source, package = Path(imgexp.__file__).parent, folder / "imgexp"
+    package.mkdir(parents=True)
+    for name in LOADER_CODE:
+        if (source / name).is_dir():
+            shutil.copytree(source / name, package / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(source / name, package / name)
+    return package
 
 
 def signature(spec: Spec):
@@ -63,8 +84,8 @@ def log_model(uri: str, run_id: str, weights: str | Path, spec: Spec, example: n
             info = Model.log(artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id,
                              model_id=model.model_id, loader_module="imgexp.classifier", data_path=str(data),
                              signature=signature(spec), input_example=example,
-                             pip_requirements=requirements(), step=0,
-                             metadata={"imgexp_version": __version__, "class_names": spec.class_names})
+                             pip_requirements=requirements(), code_paths=[str(loader_code(Path(tmp) / "code"))],
+                             step=0, metadata={"imgexp_version": __version__, "class_names": spec.class_names})
         client.finalize_logged_model(model.model_id, "READY")
         client.set_tag(run_id, BEST_WEIGHTS_TAG, mask(f"{model.artifact_location}/data/classifier/{WEIGHTS_FILE}"))
     except Exception as err:  # noqa: BLE001 - a server gone, a full store: the run's results stand
