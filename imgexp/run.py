@@ -170,7 +170,7 @@ def train(cfg: DictConfig, job: Job, tracker: Tracker, checkpoint_dir: Path, res
     sample = analysis_sample(job.data.test, analysis.points, cfg.seed, ranks) if analysis.tsne or analysis.cam \
         else None
     metrics = as_list(cfg.optimized_metric)
-    report_to_trial = join_trial(cfg.trial, metrics[0], checkpoint_dir) if ranks.main else None
+    report_to_trial = join_trial(cfg.trial, metrics[0], checkpoint_dir, tracker.run_id) if ranks.main else None
     logged = tracker.last_logged_epoch()
     for epoch, past in enumerate(trainer.history, start=1):  # a resumed run: what is not logged yet
         if epoch > logged:

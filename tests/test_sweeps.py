@@ -220,6 +220,8 @@ def test_optuna_median_pruner_prunes_the_hopeless_trials(workdir):
         lr = study.trials[number].params["optimizer.lr"]
         pruned_ = study.trials[number].state == TrialState.PRUNED
         assert r.data.tags["mlflow.runName"] == f"trial {number}: optimizer.lr={lr}" + " (pruned)" * pruned_
+        assert study.trials[number].user_attrs["mlflow_run_id"] == r.info.run_id  # what optuna-dashboard shows
+    assert study.metric_names == ["val/acc_best"]
     assert parent.data.tags["mlflow.runName"] == "optuna study prune"
     assert "trial." not in proc.stdout, "the launch lines show the user's overrides only"
     client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")

@@ -146,6 +146,7 @@ class StudySweeper(Sweeper):
                 raise ValueError(f"hydra.sweeper.direction: study {name!r} was created with "
                                  f"{[d.name.lower() for d in study.directions]}, not {directions}")
             study.set_user_attr(PRUNER_ATTR, self._pruner_spec())
+            study.set_metric_names([str(m) for m in as_list(self.config.optimized_metric)])  # optuna-dashboard's
             parent = open_parent(self.config, study, arguments, redact.mask(url))
         sweep_dir = Path(self.config.hydra.sweep.dir)
         log.info("study %s in %s: %d trials in all, %d done; sweep dir %s", name, redact.mask(url), n_trials,

@@ -9,11 +9,12 @@ from omegaconf import DictConfig
 
 PRUNER_ATTR = "imgexp.pruner"  # study user attr: {"name": "median", "n_startup_trials": 5, ...}
 CHECKPOINT_ATTR = "imgexp.checkpoint_dir"  # trial user attr: where the job writes last.pt
+RUN_ATTR = "mlflow_run_id"  # trial user attr: the job's MLflow run (optuna-dashboard shows user attrs)
 
 
-def join_trial(trial: DictConfig, metric: str, checkpoint_dir: Path):
-    """Record on the job's trial where its checkpoints go (a retry of an interrupted trial resumes from
-    them), and return an ``on_epoch`` hook reporting ``metric`` to the trial: ``report(epoch, metrics,
+def join_trial(trial: DictConfig, metric: str, checkpoint_dir: Path, run_id: str | None = None):
+    """Record on the job's trial its MLflow run and where its checkpoints go (a retry of an interrupted trial
+    resumes from them), and return an ``on_epoch`` hook reporting ``metric`` to the trial: ``report(epoch, metrics,
     may_prune=True)``; replayed epochs of a resumed run are reported with ``may_prune=False``. None
     outside an Optuna sweep, or when the study does not prune."""
     if trial.study is None:
@@ -26,6 +27,8 @@ def join_trial(trial: DictConfig, metric: str, checkpoint_dir: Path):
     study = optuna.load_study(study_name=trial.study, storage=open_storage(trial.storage))
     live = optuna.trial.Trial(study, trial.id)
     live.set_user_attr(CHECKPOINT_ATTR, str(checkpoint_dir.resolve()))
+    if run_id:
+        live.set_user_attr(RUN_ATTR, run_id)
     study.pruner = build_pruner(study.user_attrs.get(PRUNER_ATTR, {}))
     if len(study.directions) > 1 or isinstance(study.pruner, optuna.pruners.NopPruner):
         return None  # Optuna prunes single-objective studies only
