@@ -44,6 +44,29 @@ def test_imagefolder_with_split_folders(compose_cfg, tmp_path):
     assert sum(len(b[1]) for b in data.train) == 24 and sum(len(b[1]) for b in data.val) == 6
 
 
+@pytest.mark.parametrize("test_fraction", [None, 0])
+def test_a_train_and_val_folder_tests_on_a_carved_split_or_on_val(compose_cfg, tmp_path, caplog, test_fraction):
+    """torchvision's layout, train/ and val/ only: by default data.test_fraction of train is the test split,
+    and the log says so; data.test_fraction=0 tests on val (one warning)."""
+    root = class_tree(tmp_path / "imgs", splits=("train", "val"), per_class=10)
+    extra = [] if test_fraction is None else [f"data.test_fraction={test_fraction}"]
+    cfg = data_cfg(compose_cfg, "data=imagefolder", f"data.root={root}", f"data.cache_dir={tmp_path / 'c'}",
+                   "normalization=none", *extra)
+    with caplog.at_level(logging.INFO):
+        data = build_from(cfg)
+    sizes = [sum(len(b[1]) for b in loader) for loader in (data.train, data.val, data.test)]
+    messages = [r.getMessage() for r in caplog.records]
+    if test_fraction is None:
+        assert sizes == [26, 30, 4]  # 15% of train's 30 (4.5, to even), stratified; val/ as is
+        assert ("no test split of its own: 4 training images (data.test_fraction=0.15) are the test split; "
+                "data.test_fraction=0 tests on the val split instead") in messages
+    else:
+        assert sizes == [30, 30, 30] and torch.equal(all_batches(data.test)[1], all_batches(data.val)[1])
+        assert [m for m in messages if "data.test_fraction=0" in m] == [
+            "no test split of its own and data.test_fraction=0: the test/ metrics are the val split's (30 "
+            "images), the split that also picks the best epoch"]
+
+
 def test_imagefolder_one_tree_split_by_ratios(compose_cfg, tmp_path):
     root = tmp_path / "imgs"
     for label, name in enumerate(CLASSES):

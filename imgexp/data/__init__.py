@@ -63,17 +63,25 @@ def labels(samples: Samples) -> np.ndarray:
 
 
 def split(source: Source, cfg) -> tuple[Samples, Samples, Samples]:
-    """train/val/test: the source's own splits, the missing ones carved out of train (stratified)."""
+    """train/val/test: the source's own splits, the missing ones carved out of train (stratified); with
+    ``test_fraction=0`` and no test split of its own, test is the val split (one line says so)."""
     train, val, test = source.train, source.val, source.test
-    if test is None and val is None:
+    if test is None and val is None and cfg.test_fraction:
         tr, va, te = stratified_split(labels(train), cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
         return train.take(tr), train.take(va), train.take(te)
     if val is None:
         tr, va, _ = stratified_split(labels(train), cfg.val_fraction, None, cfg.split_seed)
         train, val = train.take(tr), train.take(va)
-    if test is None:
+    if test is None and not cfg.test_fraction:
+        log.warning("no test split of its own and data.test_fraction=0: the test/ metrics are the val split's "
+                    "(%d images), the split that also picks the best epoch", len(val.y))
+        test = val
+    elif test is None:
         tr, te, _ = stratified_split(labels(train), cfg.test_fraction, None, cfg.split_seed)
         train, test = train.take(tr), train.take(te)
+        if source.val is not None:  # a folder of train/ and val/ (torchvision's layout)
+            log.info("no test split of its own: %d training images (data.test_fraction=%g) are the test split; "
+                     "data.test_fraction=0 tests on the val split instead", len(test.y), cfg.test_fraction)
     return train, val, test
 
 

@@ -17,7 +17,7 @@ class DataConfig:
     root: Optional[str] = None  # where the files are (or go, with download=true)
     download: bool = False  # torchvision data sets only
     val_fraction: float = 0.15  # of the whole set, or of train when the source has its own test split
-    test_fraction: float = 0.15  # used only when the source has no test split of its own
+    test_fraction: float = 0.15  # used only when the source has no test split of its own; 0: test on val
     split_seed: int = 0
     subset: Optional[int] = None  # N training images (stratified sample); val/test shrink in proportion
     image_size: Optional[int] = None  # resize to image_size x image_size; None keeps the source's size
@@ -30,8 +30,9 @@ class DataConfig:
     # out of them (augmentation=resized_crop_flip: random, else the centre), evaluation the centre
 
     def __post_init__(self) -> None:
-        for key in ("val_fraction", "test_fraction"):
-            require(0.0 < getattr(self, key) < 1.0, key, "must be in (0, 1)")
+        require(0.0 < self.val_fraction < 1.0, "val_fraction", "must be in (0, 1)")
+        require(0.0 <= self.test_fraction < 1.0, "test_fraction", "must be in [0, 1) (0: test on the val split "
+                                                                  "when the data has no test split of its own)")
         require(self.val_fraction + self.test_fraction < 1.0, "val_fraction", "val + test fractions must be < 1")
         require(self.subset is None or self.subset > 0, "subset", "must be a positive number of images")
         require(self.image_size is None or self.image_size > 0, "image_size", "must be > 0")
