@@ -21,6 +21,7 @@ from scipy import stats
 
 from imgexp.compare.config import REPORT_B, register
 from imgexp.compare.run import FILES, compare
+from imgexp.compare.stats import fraction
 from imgexp.config import ConfigError
 
 from chromium import CHROMIUM, Chromium
@@ -137,6 +138,8 @@ def test_cli_table_matches_mlflow(store, cli):
             cell = table.loc[(metric, model)]
             assert (cell["mean"], cell["std"], cell["n"]) == (pytest.approx(mean), pytest.approx(std), n)
             low, high = (mean + t * std / math.sqrt(n) for t in stats.t.interval(0.95, n - 1))  # scipy's t
+            if fraction(metric):  # an accuracy's or F1's interval is cut at 0 and 1
+                low, high = max(low, 0.0), min(high, 1.0)
             assert f"{mean:.4f} ± {std:.4f} (n=2; CI {low:.4f}–{high:.4f})" in done.stdout
     assert (out / "table.md").read_text() in done.stdout
     assert f"| {REPORT_B['test/acc']} " in done.stdout  # rows carry report B's labels
