@@ -62,7 +62,6 @@ def report(cfg: DictConfig, job: Job, tracker: Tracker, result, sample) -> dict[
     info, model, analysis = job.data.info, job.trainer.model, cfg.analysis
     tracker.log_metrics({**result.test, "val/best_epoch": float(result.best_epoch)}
                         | ({"train/stopped_epoch": float(result.stopped_epoch)} if result.stopped_epoch else {}))
-    tracker.log_artifact(job.trainer.best_path, "checkpoints")
     from imgexp.analysis import confusion_figure, learning_curves_figure  # matplotlib: only after training
     from imgexp.analysis.report import analyse_model, log_artifacts
 
@@ -81,6 +80,8 @@ def report(cfg: DictConfig, job: Job, tracker: Tracker, result, sample) -> dict[
         if model_uri and cfg.tracking.register and not cfg.tracking.parent_run_id:  # a sweep registers its best
             tracker.set_tags({REGISTERED_TAG: register(tracker.uri, model_uri, cfg.tracking.register,
                                                        tracker.run_id)})
+    if not tracker.model_holds_best:  # else the logged model holds these weights: not uploaded twice
+        tracker.log_artifact(job.trainer.best_path, "checkpoints")
     final = {**result.history[-1], **result.test}
     missing = [m for m in as_list(cfg.optimized_metric) if m not in final]
     if missing:

@@ -70,17 +70,16 @@ def search(ids: list[str], filter_string: str = "", **kwargs) -> pd.DataFrame:
                               filter_string=filter_string, **kwargs)
 
 
-def find_parents(client: MlflowClient, ids: list[str], sweep: str) -> list[Run]:
-    """The parent run of ``sweep`` (a run id or an imgexp.sweep_id), or for ``latest`` every sweep's, newest
-    first."""
+def find_parents(client: MlflowClient, ids: list[str], sweep: str, every: bool = False) -> list[Run]:
+    """The parent run of ``sweep`` (a run id or an imgexp.sweep_id, or ``latest``: the newest); with ``every``,
+    for ``latest``, every sweep's, newest first."""
     parents = f"tags.`{ROLE_TAG}` = 'sweep'"
     if sweep != "latest":
         try:
             return [client.get_run(sweep)]
         except MlflowException:
             parents += f" and tags.`{SWEEP_ID_TAG}` = {quoted(sweep)}"
-    found = search(ids, parents, order_by=["attributes.start_time DESC"], max_results=1 if sweep != "latest"
-                   else 1000)
+    found = search(ids, parents, order_by=["attributes.start_time DESC"], max_results=1000 if every else 1)
     if found.empty:
         what = f"no sweep parent run (tag {ROLE_TAG}=sweep)" if sweep == "latest" else \
             f"no run id or {SWEEP_ID_TAG} {sweep!r}"
@@ -122,8 +121,9 @@ def select(cfg: CompareConfig) -> Selection:
     ids = experiment_ids(client, [str(e) for e in as_list(cfg.experiment)])
     if not cfg.sweep:
         return select_in(cfg, client, uri, ids, None)
-    parents = find_parents(client, ids, cfg.sweep)
-    if cfg.sweep != "latest" or cfg.baseline in (None, "best"):
+    every = cfg.sweep == "latest" and cfg.baseline not in (None, "best")  # the latest sweep that has it
+    parents = find_parents(client, ids, cfg.sweep, every)
+    if not every:
         return select_in(cfg, client, uri, ids, parents[0])
     for parent in parents:
         try:

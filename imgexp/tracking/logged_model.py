@@ -136,6 +136,8 @@ def load_classifier(reference: str, uri: Optional[str], device: str = "cpu") -> 
     """:class:`Classifier` of ``reference`` (see :func:`model_folder`), on ``device``."""
     with tempfile.TemporaryDirectory() as tmp:
         classifier = Classifier(model_folder(reference, uri, tmp), device)
+    if Path(reference).exists():  # a folder: no store to ask (nor to create)
+        return classifier
     import mlflow
 
     try:
