@@ -4,9 +4,11 @@ data of the MLflow model a run logs (:mod:`imgexp.tracking.logged_model`): MLflo
 :func:`_load_pyfunc` in this installed module, so loading runs no code from the artifact store and unpickles
 nothing (``torch.load(weights_only=True)`` and JSON).
 
-Images come as uint8 (0..255) or float (0..1) arrays, (H, W), (H, W, C) or a batch (N, H, W[, C]), or as a
-list of such images of any sizes; each is converted to the model's channels, resized (bilinear, antialiased)
-to the size the run stored its images at, centre-cropped to the size it trained at, and normalized.
+Images come as arrays or tensors of integer (0..255) or float (0..1, torchvision's ``ToTensor`` scale) pixels,
+(H, W), (H, W, C) or a batch (N, H, W[, C]), or as a list of such images of any sizes; pixels out of their
+range are refused (a ``ValueError``, one line), never cast. Each image is converted to the model's channels,
+resized (bilinear, antialiased) to the size the run stored its images at, centre-cropped to the size it
+trained at, and normalized.
 """
 from __future__ import annotations
 
@@ -67,8 +69,14 @@ def save(folder: str | Path, weights: str | Path, spec: Spec) -> Path:
 
 
 def to_batch(images: Union[Image, Sequence[Image]], channels: int = 3) -> list[torch.Tensor]:
-    """Images as a list of (C, H, W) tensors, dtype and channels as given. An array of 3 dimensions is a batch
-    (N, H, W) for a model of ``channels`` 1, else a batch only if its last is not a channel count."""
+    """Images as a list of (C, H, W) uint8 or float (0..1) tensors (see :func:`pixels`), channels as given. An
+    array of 3 dimensions is a batch (N, H, W) for a model of ``channels`` 1, else a batch only if its last is
+    not a channel count. An object array is a list of images, or same-size images of numbers."""
+    if isinstance(images, np.ndarray) and images.dtype == object and images.ndim > 1:
+        images = np.array(images.tolist())  # np.array(same-size images, dtype=object): numbers, typed again
+    if not isinstance(images, (np.ndarray, torch.Tensor, list, tuple)):
+        raise ValueError(f"images must be an array or tensor (N, H, W[, C]) or a list of images, "
+                         f"got {type(images).__name__}")
     if isinstance(images, (np.ndarray, torch.Tensor)) and images.dtype != object and images.ndim in (3, 4) and (
             images.ndim == 4 or channels == 1 or images.shape[-1] not in (1, 3, 4)):
         images = list(images)  # a batch (N, H, W, C) or (N, H, W)
@@ -76,13 +84,38 @@ def to_batch(images: Union[Image, Sequence[Image]], channels: int = 3) -> list[t
         images = [images]
     out = []
     for image in images:
-        t = torch.as_tensor(np.asarray(image)) if not isinstance(image, torch.Tensor) else image
+        t = pixels(image)
         if t.ndim == 2:
             t = t.unsqueeze(-1)
-        if t.ndim != 3:
-            raise ValueError(f"an image must be (H, W) or (H, W, C), got shape {tuple(t.shape)}")
+        if t.ndim != 3 or not t.numel():
+            raise ValueError(f"an image must be (H, W) or (H, W, C) pixels, got shape {tuple(t.shape)}")
         out.append(t.permute(2, 0, 1))
     return out
+
+
+def pixels(image: Image) -> torch.Tensor:
+    """``image`` as a uint8 tensor if its pixels are integers 0..255, as is if floats in 0..1; any other pixels
+    are a ``ValueError`` naming their range (a float 0..255 image, cast, would be a confident wrong answer)."""
+    if not isinstance(image, torch.Tensor):
+        array = np.asarray(image)
+        if array.dtype == object:
+            array = np.array(array.tolist())
+        if array.dtype.kind not in "uif":
+            raise ValueError(f"pixels must be integers 0..255 or floats 0..1, got {array.dtype} values")
+        image = torch.as_tensor(array.astype(np.int64) if array.dtype.kind == "u" and array.itemsize > 1 else array)
+    if image.dtype == torch.bool or image.is_complex():
+        raise ValueError(f"pixels must be integers 0..255 or floats 0..1, got {image.dtype}")
+    if not image.numel():
+        return image
+    low, high = image.min().item(), image.max().item()
+    if image.is_floating_point():
+        if not (0.0 <= low and high <= 1.0):  # NaN fails too
+            raise ValueError(f"float pixels are read as 0..1 (torchvision's ToTensor scale), these are "
+                             f"{low:g}..{high:g}: send integers 0..255, or floats divided by 255")
+        return image
+    if low < 0 or high > 255:
+        raise ValueError(f"integer pixels must be 0..255, these are {low}..{high}")
+    return image.to(torch.uint8)
 
 
 class Classifier:
@@ -160,7 +193,13 @@ class PyfuncClassifier:
         self.classifier = classifier
 
     def predict(self, model_input, params=None):
-        return self.classifier.predict(model_input)
+        """Bad images are MLflow's invalid-parameter error: HTTP 400 with their one line when served."""
+        try:
+            return self.classifier.predict(model_input)
+        except ValueError as err:
+            from mlflow.exceptions import MlflowException
+
+            raise MlflowException.invalid_parameter_value(str(err)) from None
 
 
 def _load_pyfunc(data_path: str) -> PyfuncClassifier:

@@ -49,7 +49,7 @@ def classifier_spec(cfg: DictConfig, data: data_lib.Data, run_id: Optional[str])
 
 def input_example(data: data_lib.Data, n: int = 2) -> np.ndarray:
     """The first ``n`` test images as the model sees them, un-normalized: uint8 (n, H, W, C), (n, H, W) for
-    1 channel (see :func:`imgexp.tracking.logged_model.signature`)."""
+    1 channel; MLflow saves them as the model's ``serving_input_example.json``."""
     x, _ = next(iter(data.test))
     mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (data.preprocessing.mean, data.preprocessing.std))
     images = (x[:n].float().cpu() * std + mean).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()

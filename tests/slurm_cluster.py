@@ -38,7 +38,7 @@ def which(name: str) -> str:
     return shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") or name
 
 
-def free_port(preferred: int) -> int:
+def free_port(preferred: int = 0) -> int:
     """``preferred`` when nothing listens on it on 127.0.0.1, else a free one (another session's cluster)."""
     for port in (preferred, 0):
         with socket.socket() as s:

@@ -58,8 +58,8 @@ def test_a_run_logs_its_best_model_with_signature_example_and_registration(digit
     assert linked["test/acc"] == finished.data.metrics["test/acc"]
 
     info = mlflow.models.get_model_info(f"runs:/{run_id}/model")
-    assert info.signature.inputs.to_dict() == [{"type": "tensor", "tensor-spec": {"dtype": "uint8",
-                                                                                  "shape": (-1, -1, -1)}}]
+    # no input schema (MLflow would cast floats to uint8 before the model checks them): metadata says it
+    assert info.signature.inputs is None and "(N, H, W) of any H and W" in info.metadata["input"]
     assert [c["name"] for c in info.signature.outputs.to_dict()][:3] == ["class", "probability", "prob_0"]
     assert info.saved_input_example_info["type"] == "ndarray"
     pyfunc = info.flavors["python_function"]
@@ -98,11 +98,89 @@ def test_pyfunc_predicts_the_runs_own_test_classes(digits_run, client, tmp_path)
     assert again["class"].tolist()[:2] == predicted["class"].tolist()[:2]
     assert abs(again["probability"][0] - predicted["probability"][0]) < 1e-5
     assert model.predict(images[:0]).empty  # no image: an empty table, not an error
+    # float images in 0..1: a batch, and same-size images as np.array(list, dtype=object), as the ints
+    floats = images[:20].astype(np.float64) / 255
+    for batch in (floats, np.array(list(floats), dtype=object), np.array(list(images[:20]), dtype=object)):
+        scored = model.predict(batch)
+        assert scored["class"].tolist() == predicted["class"].tolist()[:20]
+        assert np.allclose(scored["probability"], predicted["probability"][:20], atol=1e-5)
+    # pixels out of their range are refused with their range, never cast
+    top = images[0].max()  # the first image is refused
+    for bad, says in ((floats * 255, "float pixels are read as 0..1 (torchvision's ToTensor scale), these are "
+                                     f"0..{top}: send integers 0..255"),
+                      (np.array([[[-1, 300]]]), "integer pixels must be 0..255, these are -1..300"),
+                      (np.full((1, 8, 8), np.nan), "float pixels are read as 0..1"),
+                      (images[:2].astype(str), "pixels must be integers 0..255 or floats 0..1, got <U"),
+                      (images[:2] > 3, "pixels must be integers 0..255 or floats 0..1, got bool"),
+                      (np.zeros((1, 0, 8), np.uint8), "an image must be (H, W) or (H, W, C) pixels, got shape (0,")):
+        with pytest.raises(mlflow.exceptions.MlflowException) as refused:
+            model.predict(bad)
+        assert says in refused.value.message and refused.value.get_http_status_code() == 400
     # (N, H, W, 1) through imgexp's own Classifier (MLflow's schema takes a 1-channel model's images as (N, H, W))
     from imgexp.tracking.logged_model import load_classifier
 
     ours = load_classifier(run_id, client.tracking_uri).predict(images[..., None])
     assert ours["class"].tolist() == predicted["class"].tolist()
+
+
+def post_json(url: str, body: dict) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_the_served_model_answers_integer_and_float_pixels_and_refuses_others_with_400(digits_run, tmp_path):
+    """``mlflow models serve`` of the logged model: JSON integers 0..255 and floats 0..1 get the same classes
+    (floats were cast to uint8 zeros by the old uint8 signature: HTTP 200 with a wrong class); float pixels
+    0..255, strings and a DataFrame are one 400 line each."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from slurm_cluster import free_port
+
+    cfg, run_id = digits_run
+    folder = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path / "model"))
+    test = split(load_source(cfg.data), cfg.data)[2]
+    images = test.x[:8, 0].numpy()
+    expected = mlflow.pyfunc.load_model(folder).predict(images)["class"].tolist()
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", folder, "--env-manager",
+                               "local", "-h", "127.0.0.1", "-p", str(port)], cwd=tmp_path, start_new_session=True,
+                              env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / "serve.log", "w"))
+    url = f"http://127.0.0.1:{port}/invocations"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+            try:
+                status, answer = post_json(url, {"inputs": images.tolist()})
+                break
+            except OSError:
+                time.sleep(0.3)
+        assert status == 200 and [p["class"] for p in answer["predictions"]] == expected
+        status, answer = post_json(url, {"inputs": (images / 255).tolist()})
+        assert status == 200 and [p["class"] for p in answer["predictions"]] == expected
+        for body, says in (({"inputs": (images * 1.0).tolist()}, "float pixels are read as 0..1 (torchvision's "
+                            f"ToTensor scale), these are 0..{images[0].max()}: send integers 0..255, or floats "
+                            "divided by 255"),
+                           ({"inputs": [[["a"]]]}, "pixels must be integers 0..255 or floats 0..1, got <U1 values"),
+                           ({"dataframe_split": {"columns": ["a"], "data": [[1]]}},
+                            "images must be an array or tensor (N, H, W[, C]) or a list of images, got DataFrame")):
+            status, answer = post_json(url, body)
+            assert status == 400 and answer["error_code"] == "INVALID_PARAMETER_VALUE"
+            assert answer["message"].splitlines()[-1] == f"Error: {says}"  # after MLflow's "Failed to predict"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
 
 
 def test_a_run_logs_its_three_splits_as_datasets(digits_run, client, workdir, compose_cfg):

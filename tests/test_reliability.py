@@ -25,6 +25,7 @@ from imgexp.run import run
 from imgexp.tracking.store import download_best_weights
 
 from conftest import run_cli, write_image
+from slurm_cluster import free_port
 from test_resume import env, runs, start, wait_for
 
 FAST = ["progress=false", "analysis=none"]
@@ -163,12 +164,6 @@ def test_unreadable_files_and_odd_folders_are_left_out_and_named(compose_cfg, tm
 
 
 # ------------------------------------------------------------------ the tracking store
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_unreachable_server_fails_fast_before_loading_data(workdir):
     uri = f"http://127.0.0.1:{free_port()}"

@@ -53,15 +53,23 @@ def loader_code(folder: Path) -> Path:
 
 
 def signature(spec: Spec):
-    """Input: uint8 images (N, H, W, C), or (N, H, W) for a 1-channel model (a stack of gray images), any H and
-    W; output: class, probability, one prob_<class> each."""
+    """Output only: class, probability, one prob_<class> each. No input schema: MLflow would cast what it
+    receives to the schema's dtype before the model sees it (JSON floats 0..1 to uint8 zeros, a confident wrong
+    answer), so the model checks its images itself (:func:`imgexp.classifier.pixels`); the input example and
+    the model's ``input`` metadata say what it takes."""
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema, TensorSpec
+    from mlflow.types import ColSpec, Schema
 
     outputs = [ColSpec("string", "class"), ColSpec("double", "probability")]
     outputs += [ColSpec("double", f"prob_{n}") for n in spec.class_names]
-    shape = (-1, -1, -1) if spec.channels == 1 else (-1, -1, -1, spec.channels)
-    return ModelSignature(Schema([TensorSpec(np.dtype(np.uint8), shape)]), Schema(outputs))
+    return ModelSignature(None, Schema(outputs))
+
+
+def input_description(spec: Spec) -> str:
+    """What the model takes, for its metadata (the signature has no input schema)."""
+    layout = "(N, H, W)" if spec.channels == 1 else f"(N, H, W, {spec.channels})"
+    return (f"images {layout} of any H and W, integer pixels 0..255 or float 0..1 (others refused), or a list "
+            f"of images of several sizes")
 
 
 def log_model(uri: str, run_id: str, weights: str | Path, spec: Spec, example: np.ndarray) -> Optional[str]:
@@ -85,7 +93,8 @@ def log_model(uri: str, run_id: str, weights: str | Path, spec: Spec, example: n
                              model_id=model.model_id, loader_module="imgexp.classifier", data_path=str(data),
                              signature=signature(spec), input_example=example,
                              pip_requirements=requirements(), code_paths=[str(loader_code(Path(tmp) / "code"))],
-                             step=0, metadata={"imgexp_version": __version__, "class_names": spec.class_names})
+                             step=0, metadata={"imgexp_version": __version__, "input": input_description(spec),
+                                               "class_names": spec.class_names})
         client.finalize_logged_model(model.model_id, "READY")
         client.set_tag(run_id, BEST_WEIGHTS_TAG, mask(f"{model.artifact_location}/data/classifier/{WEIGHTS_FILE}"))
     except Exception as err:  # noqa: BLE001 - a server gone, a full store: the run's results stand
