@@ -248,3 +248,15 @@ def test_compile_trains_like_eager(compose_cfg, tmp_path, monkeypatch):
     # the same random draws; fused kernels round differently, so the two drift apart a little
     assert compiled.history[0]["train/loss"] == pytest.approx(eager.history[0]["train/loss"], rel=1e-3)
     assert compiled.history[-1]["train/loss"] == pytest.approx(eager.history[-1]["train/loss"], rel=0.05)
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "kmeans_center"])
+def test_an_epochs_metrics_are_those_the_schemas_declare(compose_cfg, tmp_path, loss):
+    """``trainer.early_stop_metric`` is checked before training against the schemas' ``EPOCH_METRICS``: they
+    must be exactly what an epoch gives, or a valid metric would be refused (or a missing one let through)."""
+    from imgexp.losses.schema import KMeansCenterConfig
+    from imgexp.train.schema import TrainerConfig
+
+    trainer = build(compose_cfg(*TINY, "epochs=1", f"loss={loss}"), tmp_path).trainer
+    declared = {*TrainerConfig.EPOCH_METRICS, *(KMeansCenterConfig.EPOCH_METRICS if loss == "kmeans_center" else ())}
+    assert set(trainer.fit().history[-1]) == declared

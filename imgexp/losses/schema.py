@@ -8,6 +8,7 @@ from omegaconf import MISSING
 
 from imgexp.config import require
 
+
 @dataclass
 class LossConfig:
     _target_: str = MISSING

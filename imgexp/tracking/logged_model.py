@@ -157,11 +157,10 @@ def load_classifier(reference: str, uri: Optional[str], device: str = "cpu") -> 
     return classifier
 
 
-def warn_if_deleted(run) -> bool:
-    """Whether ``run`` (whose model is used) is deleted in MLflow; one warning naming it if so."""
+def warn_if_deleted(run) -> None:
+    """One warning naming ``run`` (whose model is used) if it is deleted in MLflow."""
     if run.info.lifecycle_stage != "deleted":
-        return False
+        return
     log.warning("the model's run %s (%s) is deleted in MLflow: its model loads until the store is cleaned "
                 "(mlflow gc); mlflow runs restore --run-id %s brings it back", run.info.run_id, run.info.run_name,
                 run.info.run_id)
-    return True
