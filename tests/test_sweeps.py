@@ -10,8 +10,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -20,7 +23,7 @@ from optuna.trial import TrialState
 
 from conftest import run_cli
 from hydra.core.utils import JobReturn, JobStatus
-from hydra_plugins.imgexp_optuna_sweeper.trial_loop import outcome
+from hydra_plugins.imgexp_optuna_sweeper.trial_loop import TrialLoop, outcome
 from hydra_plugins.imgexp_optuna_sweeper.study_lock import StudyLock
 from imgexp.tracking.sweep import failure, save_figures
 from imgexp.tracking.study_plots import study_plots
@@ -198,6 +201,37 @@ def study_of(workdir: Path, name: str, storage=None) -> optuna.Study:
 def counted(study: optuna.Study) -> list:
     """The trials that count towards n_trials: all but interrupted ones (FAIL without an error)."""
     return [t for t in study.trials if not (t.state == TrialState.FAIL and "imgexp.error" not in t.user_attrs)]
+
+
+def test_the_heartbeat_goes_on_after_a_storage_error(caplog):
+    """One failed write (a journal lock taken from under it, a database gone for a moment) is logged, and the
+    next beat is recorded: the trial is not left to look dead to the other workers."""
+    class FlakyStorage:
+        def __init__(self):
+            self.beats, self.calls = [], 0
+
+        def set_trial_system_attr(self, trial_id, key, value):
+            self.calls += 1
+            if self.calls == 1:
+                raise RuntimeError("Error: did not possess lock")
+            self.beats.append((trial_id, key))
+
+    from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+
+    sweeper = SimpleNamespace(cfg=SimpleNamespace(custom_search_space=None, n_jobs=1, heartbeat_interval=0.05),
+                              launcher=BasicLauncher())
+    storage = FlakyStorage()
+    loop = TrialLoop(sweeper, None, storage, None, None, {}, [], 1)
+    loop.in_flight[Future()] = SimpleNamespace(_trial_id=7, number=3)
+    beating = threading.Thread(target=loop.heartbeat)
+    beating.start()
+    deadline = time.time() + 10
+    while len(storage.beats) < 2 and time.time() < deadline:
+        time.sleep(0.01)
+    loop.beat.set()
+    beating.join(5)
+    assert storage.beats[:2] == [(7, "imgexp:heartbeat")] * 2
+    assert "trial 3: heartbeat not recorded (Error: did not possess lock); trying again in 0.05 s" in caplog.text
 
 
 @pytest.mark.slow
@@ -421,6 +455,27 @@ def test_three_workers_share_one_journal_file_and_a_killed_workers_trial_runs_ag
     finished = [r for r in children if r.info.status == "FINISHED"]
     assert sorted(int(r.data.tags["imgexp.trial"]) for r in finished) == sorted(t.number for t in counted(study))
     assert parent.data.tags["imgexp.storage"] == f"journal://{journal}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite", "journal"])
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_run_again(workdir, backend):
+    """A worker killed between asking for a trial and its first heartbeat leaves a RUNNING trial that no
+    heartbeat makes stale (Optuna skips trials without one): the next worker fails and retries it, not waits
+    for it forever."""
+    journal = workdir / "study.log"
+    storage = journal_storage(journal) if backend == "journal" else None
+    extra = [f"hydra.sweeper.storage=journal://{journal}"] if backend == "journal" else []
+    assert subprocess.run(optuna_command("orphan", 1, "orphan", *extra), cwd=workdir, env=env(),
+                          capture_output=True, timeout=300).returncode == 0
+    orphan = study_of(workdir, "orphan", storage).ask()  # what the killed worker left: RUNNING, never beaten
+    done = subprocess.run(optuna_command("orphan", 3, "orphan", *extra), cwd=workdir, env=env(), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    study = study_of(workdir, "orphan", storage)
+    assert study.trials[orphan.number].state == TrialState.FAIL
+    (retry,) = [t for t in study.trials if t.user_attrs.get("imgexp.retry_of") == orphan.number]
+    assert [t.state for t in counted(study)] == [TrialState.COMPLETE] * 3 and retry in counted(study)
 
 
 @pytest.fixture(scope="module")

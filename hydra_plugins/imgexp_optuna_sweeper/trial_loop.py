@@ -26,7 +26,7 @@ from imgexp.errors import describe
 from imgexp.sweep_nodes import SweepNodes
 from imgexp.sweep_overrides import job_name
 from imgexp.tracking.store import ERROR_TAG
-from imgexp.tracking.study_storage import fail_stale_trials, record_heartbeat
+from imgexp.tracking.study_storage import fail_stale_trials, mark_claimed, record_heartbeat
 from imgexp.tracking.sweep import ParentRun, failure, job_error
 from imgexp.tracking.trial import CHECKPOINT_ATTR
 
@@ -99,7 +99,7 @@ class TrialLoop:
             trial = self.study.ask(self.space)
             if self.extend is not None:  # its suggest_* calls add parameters (a retry's come enqueued)
                 self.extend(self.sweeper.config, trial)
-            record_heartbeat(self.storage, trial._trial_id)
+            mark_claimed(self.storage, trial._trial_id)
             return trial
 
     def launch(self, trial: optuna.Trial) -> JobReturn:
@@ -142,7 +142,11 @@ class TrialLoop:
         interval = self.sweeper.cfg.heartbeat_interval
         while not self.beat.wait(interval):
             for trial in list(self.in_flight.values()):
-                record_heartbeat(self.storage, trial._trial_id)
+                try:
+                    record_heartbeat(self.storage, trial._trial_id)
+                except Exception as e:  # noqa: BLE001 - a storage hiccup must not end the beats for good
+                    log.warning("trial %d: heartbeat not recorded (%s); trying again in %s s", trial.number,
+                                describe(e), interval)
 
     def too_many_failures(self) -> bool:
         finished = sum(self.done.values())
@@ -181,7 +185,8 @@ class TrialLoop:
 
     def others_running(self) -> bool:
         """Trials other workers still run (or that will turn out stale and be retried)."""
-        fail_stale_trials(self.study, self.storage, 2 * self.sweeper.cfg.heartbeat_interval)
+        with self.lock.held():
+            fail_stale_trials(self.study, self.storage, 2 * self.sweeper.cfg.heartbeat_interval)
         trials = self.study.get_trials(deepcopy=False)
         return any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials) or bool(not_yet_retried(trials))
 

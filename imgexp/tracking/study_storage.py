@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 JOURNAL = "journal://"
 HEARTBEAT_ATTR = "imgexp:heartbeat"  # a journal trial's last heartbeat (Unix seconds)
+CLAIMED_ATTR = "imgexp:claimed"  # set, after its first heartbeat, by the worker that asked for the trial
 
 
 def journal_path(url: str) -> Optional[Path]:
@@ -60,16 +61,28 @@ def record_heartbeat(storage: optuna.storages.BaseStorage, trial_id: int) -> Non
         pass
 
 
+def mark_claimed(storage: optuna.storages.BaseStorage, trial_id: int) -> None:
+    """Beat trial ``trial_id``'s first heartbeat, then mark it claimed; the worker that asked for it does this
+    before it lets go of the study's lock."""
+    record_heartbeat(storage, trial_id)
+    storage.set_trial_system_attr(trial_id, CLAIMED_ATTR, True)
+
+
 def fail_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, grace_s: float) -> None:
     """Mark FAIL the RUNNING trials of ``study`` (in ``storage``) whose worker has been silent for ``grace_s``
-    seconds (call it under the study's lock): they are retried (see the Optuna sweeper's retries)."""
+    seconds, or died between asking for the trial and :func:`mark_claimed` (a trial with no heartbeat, which
+    neither Optuna's RDB nor a journal would ever find stale). Call it under the study's lock, which a claim
+    holds from ask to mark: an unmarked trial is then one whose worker died. They are retried (see the Optuna
+    sweeper's retries)."""
+    now = time.time()
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    stale = [t for t in running if CLAIMED_ATTR not in t.system_attrs]
     if isinstance(storage, optuna.storages.RDBStorage):
         optuna.storages.fail_stale_trials(study)
-        return
-    now = time.time()
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if now - trial.system_attrs.get(HEARTBEAT_ATTR, now) > grace_s:
-            try:
-                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-            except optuna.exceptions.UpdateFinishedTrialError:  # another worker got there first (or it ended)
-                pass
+    else:
+        stale += [t for t in running if now - t.system_attrs.get(HEARTBEAT_ATTR, now) > grace_s]
+    for trial in stale:
+        try:
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker got there first (or it ended)
+            pass
