@@ -427,14 +427,14 @@ def test_three_workers_share_one_journal_file_and_a_killed_workers_trial_runs_ag
     workers = [subprocess.Popen(cmd, cwd=workdir, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 text=True) for _ in range(3)]
     deadline = time.time() + 240
-    while time.time() < deadline:  # until a trial has finished and the first worker runs one
+    while time.time() < deadline:  # until a trial has finished and each worker runs one, the first among them
         time.sleep(0.2)
         try:
             trials = study_of(workdir, "journal", journal_storage(journal)).trials if journal.exists() else []
         except KeyError:  # no study yet
             continue
         if any(t.state == TrialState.COMPLETE for t in trials) and workers[0].poll() is None and \
-                any(t.state == TrialState.RUNNING for t in trials):
+                sum(t.state == TrialState.RUNNING for t in trials) == len(workers):
             break
     workers[0].send_signal(signal.SIGKILL)
     workers[0].wait()

@@ -74,15 +74,14 @@ def fail_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage,
     neither Optuna's RDB nor a journal would ever find stale). Call it under the study's lock, which a claim
     holds from ask to mark: an unmarked trial is then one whose worker died. They are retried (see the Optuna
     sweeper's retries)."""
-    now = time.time()
-    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    stale = [t for t in running if CLAIMED_ATTR not in t.system_attrs]
-    if isinstance(storage, optuna.storages.RDBStorage):
+    rdb = isinstance(storage, optuna.storages.RDBStorage)
+    if rdb:
         optuna.storages.fail_stale_trials(study)
-    else:
-        stale += [t for t in running if now - t.system_attrs.get(HEARTBEAT_ATTR, now) > grace_s]
-    for trial in stale:
-        try:
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        except optuna.exceptions.UpdateFinishedTrialError:  # another worker got there first (or it ended)
-            pass
+    now = time.time()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        silent = not rdb and now - trial.system_attrs.get(HEARTBEAT_ATTR, now) > grace_s
+        if silent or CLAIMED_ATTR not in trial.system_attrs:
+            try:
+                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:  # another worker got there first (or it ended)
+                pass
