@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -213,8 +214,13 @@ class Server:
                 time.sleep(0.3)
         raise RuntimeError("mlflow server did not start")
 
-    def stop(self) -> None:
+    def stop(self, meanwhile: Callable[[], object] = lambda: None) -> None:
+        """SIGTERM, then ``meanwhile`` (e.g. let held clients go: the server finishes their requests), then
+        wait for it to end."""
+        if self.proc.poll() is not None:
+            return
         os.killpg(self.proc.pid, signal.SIGTERM)
+        meanwhile()
         self.proc.wait(timeout=30)
 
 
@@ -232,9 +238,8 @@ def test_tracking_server_away_during_the_run_loses_nothing(workdir, monkeypatch)
         a, b = ((workdir / name, start(["epochs=6", "batch=16", *FAST, f"tracking.uri={server.uri}",
                                         f"tracking.experiment={name}", *extra], workdir / name))
                 for name, extra in (("a", []), ("b", ["tracking.offline_wait_s=0"])))
-        for cwd, proc in (a, b):
-            wait_for("outputs/*/*/checkpoints/*/last.pt", cwd, proc)
-        server.stop()
+        hold_after_epoch_1([a, b])  # neither can end before the outage, however far apart they started
+        server.stop(meanwhile=lambda: [os.kill(proc.pid, signal.SIGCONT) for _, proc in (a, b)])
         out, err = b[1].communicate(timeout=300)
         assert b[1].returncode == 0, err[-2000:]
         line = next(x for x in out.splitlines() if "still unreachable" in x)
@@ -252,6 +257,24 @@ def test_tracking_server_away_during_the_run_loses_nothing(workdir, monkeypatch)
         assert not list(b[0].glob("outputs/*/*/mlflow_spool"))
     finally:
         server.stop()
+
+
+def hold_after_epoch_1(jobs: list[tuple[Path, subprocess.Popen]], timeout: float = 120) -> None:
+    """SIGSTOP each job as soon as it has saved epoch 1 (its ``last.pt``); return once all are stopped."""
+    waiting, deadline = dict(jobs), time.time() + timeout
+    try:
+        while waiting:
+            for cwd, proc in list(waiting.items()):
+                assert proc.poll() is None, proc.communicate()[1][-2000:]
+                if list(cwd.glob("outputs/*/*/checkpoints/*/last.pt")):
+                    os.kill(proc.pid, signal.SIGSTOP)
+                    del waiting[cwd]
+            assert time.time() < deadline, f"epoch 1 not saved after {timeout} s"
+            time.sleep(0.05)
+    except BaseException:
+        for _, proc in jobs:  # none is left stopped for good
+            proc.kill()
+        raise
 
 
 def check_complete(client: MlflowClient, experiment: str) -> None:
