@@ -193,7 +193,14 @@ def test_a_node_that_runs_another_sweep_than_the_leader_is_one_line(workdir):
     port = free_port()
     leader = subprocess.Popen(node_command(workdir, port, "seed=0,1", "trainer.rendezvous_timeout_s=10", sweep=True),
                               cwd=workdir, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(3)
+    deadline = time.monotonic() + 120
+    while True:  # the leader's store listens: the other node cannot lead instead, however slowly the leader started
+        assert leader.poll() is None and time.monotonic() < deadline, leader.communicate()[1][-2000:]
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
     other = subprocess.run(node_command(workdir, port, "seed=0,2", "trainer.rendezvous_timeout_s=10", sweep=True),
                            cwd=workdir, env=env(), capture_output=True, text=True, timeout=120)
     leader.communicate(timeout=300)

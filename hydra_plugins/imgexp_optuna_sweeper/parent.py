@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 
 from imgexp.config import as_list
 from imgexp.tracking.study_plots import study_plots
+from imgexp.tracking.store import set_tags
 from imgexp.tracking.sweep import ParentRun, finish
 
 log = logging.getLogger(__name__)
@@ -26,8 +27,7 @@ def open_parent(config: DictConfig, study: optuna.Study, arguments: list[str], s
     if parent.run_id and PARENT_ATTR not in study.user_attrs:
         study.set_user_attr(PARENT_ATTR, parent.run_id)
     if parent.run_id:
-        parent.client.set_tag(parent.run_id, "imgexp.study", study.study_name)
-        parent.client.set_tag(parent.run_id, "imgexp.storage", storage)
+        set_tags(parent.client, parent.run_id, {"imgexp.study": study.study_name, "imgexp.storage": storage})
     return parent
 
 

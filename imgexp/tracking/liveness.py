@@ -17,7 +17,7 @@ from typing import Optional
 
 from imgexp.config import ConfigError
 from imgexp.locks import sqlite_path, store_lock
-from imgexp.tracking.store import ERROR_TAG, HEARTBEAT_TAG, HOST_TAG, PID_TAG, SLURM_TAG, STATUS_TAG
+from imgexp.tracking.store import ERROR_TAG, HEARTBEAT_TAG, HOST_TAG, PID_TAG, SLURM_TAG, STATUS_TAG, set_tags
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 60.0
@@ -81,9 +81,8 @@ def close_lost_runs(client, experiment: str) -> None:
         tags = run.data.tags
         if HOST_TAG not in tags or owner_alive(tags):
             continue
-        client.set_tag(run.info.run_id, STATUS_TAG, "lost")
-        client.set_tag(run.info.run_id, ERROR_TAG, f"its process ({describe_owner(tags)}) ended without "
-                                                   "closing the run")
+        set_tags(client, run.info.run_id, {STATUS_TAG: "lost", ERROR_TAG: f"its process ({describe_owner(tags)}) "
+                                                                       "ended without closing the run"})
         client.set_terminated(run.info.run_id, "KILLED")
         log.warning("run %s: its process (%s) is gone; marked KILLED", run.info.run_id, describe_owner(tags))
 
@@ -107,8 +106,7 @@ def claim(client, run_id: str) -> None:
     run at once: one trains, the other stops with one line."""
     with store_lock(client.tracking_uri):
         check_resumable(client.get_run(run_id))
-        for key, value in owner_tags().items():
-            client.set_tag(run_id, key, value)
+        set_tags(client, run_id, owner_tags())
         client.update_run(run_id, status="RUNNING")
     if sqlite_path(client.tracking_uri) is None:
         time.sleep(CLAIM_SETTLE_S)
@@ -131,7 +129,7 @@ class Heartbeat:
     def _beat(self) -> None:
         while not self.stopped.wait(HEARTBEAT_S):
             try:
-                self.client.set_tag(self.run_id, HEARTBEAT_TAG, str(int(time.time())))
+                set_tags(self.client, self.run_id, {HEARTBEAT_TAG: str(int(time.time()))})
             except Exception:  # noqa: BLE001 - unreachable now: the next beat tries again
                 pass
 

@@ -103,6 +103,17 @@ def drop_checkpoints(client, run_id: str, keep) -> None:
 RACE_MARKERS = ("UNIQUE constraint failed", "duplicate key value", "Duplicate entry")  # SQLite, PostgreSQL, MySQL
 
 
+def set_tags(client, run_id: str, tags: dict[str, str]) -> None:
+    """Set ``tags`` on run ``run_id`` through MLflow's batch write, which retries when another process inserts
+    one of the same tags at that moment (a study's workers all write to its parent run); ``client.set_tag``
+    fails then with the store's unique constraint."""
+    from mlflow.entities import RunTag
+
+    items = [RunTag(k, str(v)) for k, v in tags.items()]
+    for i in range(0, len(items), 100):  # MLflow's limit of tags per batch
+        client.log_batch(run_id, tags=items[i:i + 100])
+
+
 def log_inputs(client, run_id: str, records: list[dict], tries: int = 5) -> None:
     """Log split records as the run's dataset inputs. A data set is one row per experiment that its runs
     share: when runs started together insert it at once, the store's unique constraint fails all but one,

@@ -22,7 +22,7 @@ from imgexp.sweep_overrides import asked
 from imgexp.tracking.liveness import Heartbeat, close_lost_runs, owner_tags
 from imgexp.tracking.reuse import count_reused
 from imgexp.tracking.store import (REGISTERED_TAG, REUSED_FROM_TAG, ROLE_TAG, STATUS_TAG, SWEEP_ID_TAG, SWEEPER_TAG,
-                                   experiment_id, open_store, run_location, source_tags, tracking_uri)
+                                   experiment_id, open_store, run_location, set_tags, source_tags, tracking_uri)
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,7 @@ class ParentRun:
         close_lost_runs(self.client, experiment)  # earlier sweeps' parents and jobs that were killed
         if run_id:  # resuming: reopen the sweep's existing parent
             self.client.update_run(run_id, status="RUNNING")
-            for key, value in owner_tags().items():
-                self.client.set_tag(run_id, key, value)
+            set_tags(self.client, run_id, owner_tags())
         else:
             tags = {ROLE_TAG: "sweep", SWEEPER_TAG: sweeper, SWEEP_ID_TAG: sweep_id,
                     "imgexp.overrides": mask(" ".join(arguments)), **source_tags(), **owner_tags()}
@@ -158,8 +157,7 @@ class ParentRun:
         self.heartbeat.stop()
         for key, value in metrics.items():
             self.client.log_metric(self.run_id, key, value)
-        for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, mask(str(value)))
+        set_tags(self.client, self.run_id, {key: mask(str(value)) for key, value in tags.items()})
         for path in files:
             folder = path.parent.relative_to(root).as_posix() if root else "."
             self.client.log_artifact(self.run_id, str(path), None if folder == "." else folder)
