@@ -192,8 +192,8 @@ def test_read_only_store_fails_fast(workdir):
                                                     f"store sqlite:///{db} cannot be written")
 
 
-def test_processes_writing_the_same_new_tags_to_one_run_at_once_all_succeed(workdir):
-    """A study's workers all write to its parent run (heartbeats, the summary when each ends): a tag's first
+def test_writers_of_the_same_new_tags_to_one_run_at_once_all_succeed(workdir):
+    """(Threads, each with its own store connection, stand in for processes.) A study's workers all write to its parent run (heartbeats, the summary when each ends): a tag's first
     write by two of them at once must not fail one with the store's unique constraint (it did through
     ``client.set_tag``, about 1 write in 120 here, and ended a worker of a 3-worker study in CI)."""
     import threading
@@ -219,7 +219,7 @@ def test_processes_writing_the_same_new_tags_to_one_run_at_once_all_succeed(work
         t.join()
     assert errors == []
     tags = client.get_run(run_id).data.tags
-    assert {f"best.p{k}": str(k) for k in range(100)}.items() <= tags.items() and tags["imgexp.heartbeat"] in "0123"
+    assert {f"best.p{k}": str(k) for k in range(100)}.items() <= tags.items() and tags["imgexp.heartbeat"] in {"0", "1", "2", "3"}
 
 
 class Server:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from imgexp.redact import mask
-from imgexp.tracking.store import drop_checkpoints, few_http_retries, log_inputs
+from imgexp.tracking.store import drop_checkpoints, few_http_retries, log_inputs, set_tags
 
 
 class Spool:
@@ -77,7 +77,7 @@ class Spool:
     def send(self, client) -> int:
         """Send every pending operation through ``client`` in order, recording progress after each, so an
         outage midway resumes where it stopped. Returns how many were sent."""
-        from mlflow.entities import Metric, RunTag
+        from mlflow.entities import Metric
 
         ops, run_id, sent = self.operations(), self.meta["run_id"], 0
         last_of = {op["file"]: i for i, op in enumerate(ops) if op["op"] == "file"}
@@ -89,7 +89,7 @@ class Spool:
             elif op["op"] == "file" and last_of[op["file"]] == i:  # the newest copy of an artifact only
                 client.log_artifact(run_id, str(self.folder / op["file"]), op["artifact_path"])
             elif op["op"] == "tags":
-                client.log_batch(run_id, tags=[RunTag(k, v) for k, v in op["tags"].items()])
+                set_tags(client, run_id, op["tags"])
             elif op["op"] == "inputs":
                 log_inputs(client, run_id, op["records"])
             elif op["op"] == "drop":

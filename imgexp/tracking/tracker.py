@@ -21,7 +21,7 @@ from imgexp.tracking.liveness import Heartbeat, claim, close_lost_runs, owner_ta
 from imgexp.tracking.logged_model import log_model
 from imgexp.tracking.spool import Spool
 from imgexp.tracking.store import (ERROR_TAG, STATUS_TAG, drop_checkpoints, experiment_id, log_inputs, open_store,
-                                   parent_tags, run_location, source_tags, tracking_uri, unreachable)
+                                   parent_tags, run_location, set_tags, source_tags, tracking_uri, unreachable)
 
 log = logging.getLogger(__name__)
 CHECKPOINT_POLICIES = {"best": ("best",), "last": ("last",), "both": ("best", "last"), "none": ()}  # kept by name
@@ -151,10 +151,8 @@ class MlflowTracker(Tracker):
                  lambda: self.spool.keep_file(path, artifact_path))
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        from mlflow.entities import RunTag
-
         tags = {k: mask(str(v)) for k, v in tags.items()}  # no URI password in MLflow (an error, overrides)
-        self._do(lambda: self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]),
+        self._do(lambda: set_tags(self.client, self.run_id, tags),
                  lambda: self.spool.append({"op": "tags", "tags": {k: str(v) for k, v in tags.items()}}))
 
     def log_datasets(self, records: list) -> None:
